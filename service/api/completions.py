@@ -1,0 +1,160 @@
+"""POST /v1/completions: OpenAI's legacy completions, streaming (SSE) or not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from service.api.context import CONTEXT, REQUEST_ID, USAGE, ServerContext
+from service.api.errors import json_response, read_json_object
+from service.api.logprobs import completion_logprobs
+from service.api.schemas.completions import CompletionRequest
+from service.api.sse import SSEWriter, iterate_deltas
+from service.engine.async_engine import RequestHandle
+from service.engine.output_stream import RequestResult
+from service.errors import BadRequestError, ServiceError
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
+
+
+async def create_completion(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    req = CompletionRequest.model_validate(await read_json_object(request))
+    ctx.check_model(req.model)
+    if req.suffix:
+        raise BadRequestError("suffix is not supported.", param="suffix")
+    if req.best_of is not None and req.best_of != req.n:
+        raise BadRequestError(f"best_of={req.best_of}: only best_of equal to n is supported.", param="best_of")
+
+    prompts = [await ctx.tokenizer.encode(p) if isinstance(p, str) else p for p in req.prompts()]
+    max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS
+    want_prompt_lp = req.echo and req.logprobs is not None
+    handles: list[RequestHandle] = []
+    try:
+        for ids in prompts:
+            for j in range(req.n):
+                params = req.to_sampling_params(max_tokens, req.logprobs, seed_offset=j)
+                handles.append(ctx.engine.add_request(
+                    ids, params, stream=req.stream, priority=req.priority,
+                    timeout_s=ctx.timeout_for(None), want_prompt_logprobs=want_prompt_lp,
+                ))
+        response_id = f"cmpl-{handles[0].request_id}"
+        request[REQUEST_ID] = response_id
+        if req.stream:
+            return await _stream(request, ctx, req, prompts, handles, response_id)
+        results = await asyncio.gather(*(h.result() for h in handles))
+        body = _full_response(ctx, req, prompts, results, response_id)
+        request[USAGE] = body["usage"]
+        return json_response(body, headers={"X-Request-Id": response_id})
+    finally:
+        for h in handles:
+            if not h.future.done():
+                ctx.engine.abort(h.request_id)
+
+
+def _echo_text(ctx: ServerContext, req: CompletionRequest, ids: list[int], index: int) -> str:
+    if not req.echo:
+        return ""
+    original = req.prompts()[index]
+    return original if isinstance(original, str) else ctx.tokenizer.decode(ids)
+
+
+def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: list[list[int]],
+                   results: list[RequestResult], response_id: str) -> dict[str, Any]:
+    choices = []
+    for i, r in enumerate(results):
+        prompt_index = i // req.n
+        prefix = _echo_text(ctx, req, prompts[prompt_index], prompt_index)
+        logprobs = None
+        if req.logprobs is not None:
+            entries = (r.prompt_logprobs or [None]) + r.logprobs if req.echo else r.logprobs
+            logprobs = completion_logprobs(entries, ctx.tokenizer.token_text)
+        choice: dict[str, Any] = {
+            "index": i,
+            "text": prefix + r.text,
+            "logprobs": logprobs,
+            "finish_reason": r.finish_reason,
+            "stop_reason": r.stop_reason,
+        }
+        if req.return_token_ids:
+            choice["prompt_token_ids"] = prompts[prompt_index]
+            choice["token_ids"] = r.token_ids
+        choices.append(choice)
+    prompt_tokens = sum(len(p) for p in prompts)
+    completion_tokens = sum(len(r.token_ids) for r in results)
+    return {
+        "id": response_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": ctx.model_name,
+        "choices": choices,
+        "usage": _usage(prompt_tokens, completion_tokens),
+    }
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+async def _stream(request: web.Request, ctx: ServerContext, req: CompletionRequest, prompts: list[list[int]],
+                  handles: list[RequestHandle], response_id: str) -> web.StreamResponse:
+    created = int(time.time())
+    sse = SSEWriter(request, {"X-Request-Id": response_id})
+    await sse.prepare()
+
+    def chunk(index: int, text: str, logprobs: Any = None, finish: str | None = None,
+              stop_reason: int | str | None = None, token_ids: list[int] | None = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish,
+                                  "stop_reason": stop_reason}
+        if req.return_token_ids:
+            choice["token_ids"] = token_ids or []
+        body: dict[str, Any] = {
+            "id": response_id, "object": "text_completion", "created": created, "model": ctx.model_name,
+            "choices": [choice],
+        }
+        if req.include_usage:
+            body["usage"] = None
+        return body
+
+    completion_tokens = 0
+    offsets = [0] * len(handles)  # text offset of the next output token, per choice
+    prompt_offsets = [0] * len(handles)  # same for echoed prompt tokens
+    if req.echo:
+        for i in range(len(handles)):
+            text = _echo_text(ctx, req, prompts[i // req.n], i // req.n)
+            offsets[i] = len(text)
+            await sse.send(chunk(i, text))
+    try:
+        async for index, delta in iterate_deltas(handles):
+            if delta.error is not None:
+                err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
+                await sse.send_error(err)
+                return await sse.done()
+            completion_tokens += len(delta.token_ids)
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = completion_logprobs(delta.logprobs, ctx.tokenizer.token_text, offsets[index])
+                if req.echo and delta.prompt_logprobs is not None:
+                    echoed = completion_logprobs(delta.prompt_logprobs, ctx.tokenizer.token_text,
+                                                 prompt_offsets[index])
+                    prompt_offsets[index] += sum(len(t) for t in echoed["tokens"])
+                    logprobs = {k: echoed[k] + logprobs[k] for k in logprobs}
+                offsets[index] += len(delta.text)
+            if delta.text or delta.finished or logprobs or (req.return_token_ids and delta.token_ids):
+                await sse.send(chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
+                                     delta.token_ids))
+    except ServiceError as err:
+        await sse.send_error(err)
+        return await sse.done()
+    prompt_tokens = sum(len(p) for p in prompts)
+    request[USAGE] = _usage(prompt_tokens, completion_tokens)
+    if req.include_usage:
+        await sse.send({
+            "id": response_id, "object": "text_completion", "created": created, "model": ctx.model_name,
+            "choices": [], "usage": _usage(prompt_tokens, completion_tokens),
+        })
+    return await sse.done()

@@ -1,0 +1,40 @@
+"""What the route handlers share, stored on the aiohttp app under one typed key."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from service.config import ServerConfig
+from service.engine.async_engine import AsyncEngine
+from service.engine.tokenizer import Tokenizer
+from service.errors import NotFoundError, short_repr
+
+
+@dataclass
+class ServerContext:
+    engine: AsyncEngine
+    tokenizer: Tokenizer
+    model_name: str
+    config: ServerConfig
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise NotFoundError(f"The model {short_repr(name)} does not exist.", param="model",
+                                code="model_not_found")
+
+    def timeout_for(self, requested: float | None) -> float:
+        if requested is None:
+            return self.config.request_timeout_s
+        return min(requested, self.config.max_request_timeout_s)
+
+
+CONTEXT = web.AppKey("context", ServerContext)
+
+# Per-request values the access log reads after the handler ran.
+REQUEST_ID = web.RequestKey("request_id", str)
+USAGE = web.RequestKey("usage", dict)
+ERROR_TYPE = web.RequestKey("error_type", str)

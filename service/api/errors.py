@@ -1,0 +1,99 @@
+"""Every error leaves the server as OpenAI's shape:
+{"error": {"message": str, "type": str, "param": str | null, "code": int | str}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import ValidationError
+
+from service.api.context import ERROR_TYPE
+from service.errors import (
+    BadRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+    short_repr,
+)
+
+log = structlog.get_logger("api")
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
+                        headers=headers)
+
+
+def error_response(err: ServiceError) -> web.Response:
+    headers = None
+    if isinstance(err, OverloadedError):
+        headers = {"Retry-After": str(err.retry_after_s)}
+    return json_response(err.to_dict(), status=err.status, headers=headers)
+
+
+def validation_error(exc: ValidationError) -> BadRequestError:
+    """One readable 400 from pydantic's errors, naming the parameter and never echoing a large value."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if "input" in first and first["type"] != "missing":
+        msg = f"{msg} (got {short_repr(first['input'])})"
+    more = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
+    return BadRequestError(f"{loc}: {msg}{more}", param=loc or None)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        return _client_error(request, exc)
+    except ValidationError as exc:
+        return _client_error(request, validation_error(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return _client_error(request, PayloadTooLargeError("The request body is larger than the server's limit."))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = _client_error(request, _from_http_exception(request, exc))
+        for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if name in exc.headers:
+                resp.headers[name] = exc.headers[name]
+        return resp
+    except Exception:  # the client gets a JSON 500, the log gets the traceback
+        log.exception("unhandled error", path=request.path)
+        return _client_error(request, ServiceError("Internal server error."))
+
+
+def _client_error(request: web.Request, err: ServiceError) -> web.Response:
+    request[ERROR_TYPE] = err.type
+    return error_response(err)
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ServiceError:
+    if exc.status == 404:
+        return NotFoundError(f"No route for {request.method} {short_repr(request.path)}.")
+    if exc.status == 405:
+        return MethodNotAllowedError(f"Method {request.method} is not allowed on {short_repr(request.path)}.")
+    return ServiceError(exc.reason or "error", status=exc.status, error_type="invalid_request_error")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, or a 415/400 that says what is wrong with it."""
+    ctype = request.content_type
+    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+        raise UnsupportedMediaTypeError(f"Content-Type must be application/json, got {short_repr(ctype)}.")
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"The body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
+    if not isinstance(body, dict):
+        raise BadRequestError(f"The body must be a JSON object, got {type(body).__name__}.")
+    return body

@@ -1,0 +1,49 @@
+"""GET /health and GET /v1/models."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from service.api.context import CONTEXT
+from service.api.errors import json_response
+
+# A step running longer than this means the executor is stuck, not busy.
+STEP_STALL_S = 300.0
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 only if the batch loop is alive (heartbeat) and no step has stalled; 503 otherwise."""
+    engine = request.app[CONTEXT].engine
+    now = time.monotonic()
+    problems = []
+    if not engine.is_alive:
+        problems.append(f"engine stopped: {engine.dead_reason or 'batch loop not running'}")
+    in_flight = engine.step_in_flight_since
+    if in_flight is not None and now - in_flight > STEP_STALL_S:
+        problems.append(f"a model step has been running for {now - in_flight:.0f}s")
+    elif in_flight is None and now - engine.last_heartbeat > 5.0 and engine.num_live:
+        problems.append(f"no batch-loop heartbeat for {now - engine.last_heartbeat:.1f}s")
+    if engine.draining:
+        problems.append("draining")
+    body = {
+        "status": "ok" if not problems else "unavailable",
+        "problems": problems,
+        "running": engine.scheduler.num_running,
+        "waiting": engine.scheduler.num_waiting,
+    }
+    return json_response(body, status=200 if not problems else 503)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    data = [{
+        "id": ctx.model_name,
+        "object": "model",
+        "created": ctx.created,
+        "owned_by": "hfserve",
+        "root": ctx.engine.config.model.model,
+        "max_model_len": ctx.engine.max_model_len,
+    }]
+    return json_response({"object": "list", "data": data})

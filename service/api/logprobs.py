@@ -1,0 +1,52 @@
+"""Logprobs in OpenAI's two wire formats: the legacy completions one and the chat one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from service.engine.outputs import TokenLogprobs
+
+
+def _finite(x: float) -> float:
+    # JSON has no -inf; OpenAI clients expect a number. -9999 is what OpenAI itself sends for "impossible".
+    return x if math.isfinite(x) else -9999.0
+
+
+def completion_logprobs(
+    entries: list[TokenLogprobs | None], token_text: Callable[[int], str], text_offset: int = 0
+) -> dict[str, Any]:
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    offset = text_offset
+    for e in entries:
+        if e is None:  # the first prompt token has no logprob
+            continue
+        text = token_text(e.token_id)
+        tokens.append(text)
+        token_logprobs.append(_finite(e.logprob))
+        top.append({token_text(t): _finite(lp) for t, lp in e.top} if e.top else None)
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+def chat_logprobs(entries: list[TokenLogprobs | None], token_text: Callable[[int], str]) -> dict[str, Any]:
+    content = []
+    for e in entries:
+        if e is None:
+            continue
+        text = token_text(e.token_id)
+        content.append({
+            "token": text,
+            "logprob": _finite(e.logprob),
+            "bytes": list(text.encode("utf-8")),
+            "top_logprobs": [
+                {"token": (t_text := token_text(t)), "logprob": _finite(lp), "bytes": list(t_text.encode("utf-8"))}
+                for t, lp in e.top
+            ],
+        })
+    return {"content": content}

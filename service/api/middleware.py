@@ -1,0 +1,43 @@
+"""Request ids and the access log: one structured line per request, with timings and token counts."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service.api.context import ERROR_TYPE, REQUEST_ID, USAGE
+
+log = structlog.get_logger("access")
+
+# A client may send its own id; we log it but never use it as an engine key.
+CLIENT_REQUEST_ID_HEADER = "X-Request-Id"
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except BaseException:
+        status = 499 if request.transport is None or request.transport.is_closing() else 500
+        raise
+    finally:
+        usage = request.get(USAGE) or {}
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            request_id=request.get(REQUEST_ID),
+            client_request_id=request.headers.get(CLIENT_REQUEST_ID_HEADER),
+            duration_ms=round((time.perf_counter() - t0) * 1000, 2),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            error_type=request.get(ERROR_TYPE),
+        )

@@ -1,0 +1,76 @@
+"""Server-sent events in the shape OpenAI clients expect: `data: <json>\\n\\n` frames, an error frame on a
+mid-stream failure, and `data: [DONE]\\n\\n` at the end, always."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from service.engine.async_engine import RequestHandle
+from service.engine.output_stream import RequestDelta
+from service.errors import ServiceError
+
+DONE = b"data: [DONE]\n\n"
+
+
+class SSEWriter:
+    def __init__(self, request: web.Request, headers: dict[str, str] | None = None) -> None:
+        self._request = request
+        self.response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "Connection": "keep-alive",
+                "X-Accel-Buffering": "no",
+                **(headers or {}),
+            },
+        )
+
+    async def prepare(self) -> None:
+        await self.response.prepare(self._request)
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        await self.response.write(b"data: " + orjson.dumps(payload) + b"\n\n")
+
+    async def send_error(self, err: ServiceError) -> None:
+        await self.send(err.to_dict())
+
+    async def done(self) -> web.StreamResponse:
+        await self.response.write(DONE)
+        await self.response.write_eof()
+        return self.response
+
+
+async def iterate_deltas(handles: list[RequestHandle]) -> AsyncIterator[tuple[int, RequestDelta]]:
+    """Yield (choice index, delta) from every handle's stream as they arrive, until all have finished."""
+    if len(handles) == 1:
+        stream = handles[0].stream
+        assert stream is not None
+        while True:
+            delta = await stream.get()
+            yield 0, delta
+            if delta.finished:
+                return
+    pending: dict[asyncio.Future[RequestDelta], int] = {}
+    try:
+        for i, h in enumerate(handles):
+            assert h.stream is not None
+            pending[asyncio.ensure_future(h.stream.get())] = i
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: pending[t]):
+                i = pending.pop(task)
+                delta = task.result()
+                yield i, delta
+                if not delta.finished:
+                    stream = handles[i].stream
+                    assert stream is not None
+                    pending[asyncio.ensure_future(stream.get())] = i
+    finally:
+        for task in pending:
+            task.cancel()

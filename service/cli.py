@@ -1,0 +1,113 @@
+"""Command-line flags. Names follow vLLM's wherever the concept is the same."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from service.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, ServerConfig
+
+DEFAULT_MODEL = "models/default"
+API_KEY_ENV = "HFSERVE_API_KEY"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hfserve",
+        description="Serve a Hugging Face causal LM with continuous batching behind an OpenAI-compatible API.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default=DEFAULT_MODEL, help="Local directory of a Hugging Face causal LM.")
+    m.add_argument("--served-model-name", default=None, help="Name clients use; defaults to the directory name.")
+    m.add_argument("--tokenizer", default=None, help="Tokenizer directory, if not the model's.")
+    m.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "float64"],
+                   help="auto: bf16 where the hardware multiplies bf16 fast, else fp32.")
+    m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    m.add_argument("--max-model-len", type=int, default=None, help="Context length; default: the model's.")
+    m.add_argument("--seed", type=int, default=0, help="Seed for unseeded sampling.")
+    m.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the tokenizer's.")
+
+    c = p.add_argument_group("KV cache")
+    c.add_argument("--block-size", type=int, default=16, help="Tokens per KV-cache block.")
+    c.add_argument("--num-gpu-blocks-override", type=int, default=None,
+                   help="Force the number of KV-cache blocks (on any device).")
+    c.add_argument("--kv-cache-memory-bytes", type=int, default=None, help="Memory for the KV cache.")
+    c.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="Share KV blocks of common prompt prefixes across requests.")
+
+    s = p.add_argument_group("scheduler")
+    s.add_argument("--max-num-seqs", type=int, default=64, help="Most requests running at once (batch size).")
+    s.add_argument("--max-num-batched-tokens", type=int, default=512, help="Token budget of one step.")
+    s.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority"])
+    s.add_argument("--priority-aging-seconds", type=float, default=5.0,
+                   help="Under priority: seconds of waiting worth one priority level.")
+    s.add_argument("--batch-wait-timeout-ms", type=float, default=0.0,
+                   help="When idle, wait up to this long for --batch-wait-min-requests to arrive.")
+    s.add_argument("--batch-wait-min-requests", type=int, default=1)
+    s.add_argument("--max-queued-requests", type=int, default=1024,
+                   help="Waiting requests beyond which new ones get 429.")
+    s.add_argument("--max-queued-tokens", type=int, default=None,
+                   help="Waiting prompt tokens beyond which new requests get 429.")
+
+    h = p.add_argument_group("server")
+    h.add_argument("--host", default="127.0.0.1")
+    h.add_argument("--port", type=int, default=8000)
+    h.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"Require this bearer key (also read from ${API_KEY_ENV}).")
+    h.add_argument("--allowed-origins", default="", help="Comma-separated CORS origins; empty disables CORS.")
+    h.add_argument("--protect-metrics", action="store_true", help="Require the API key on /metrics and /health.")
+    h.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    h.add_argument("--request-timeout", type=float, default=600.0, help="Seconds before a request is aborted.")
+    h.add_argument("--max-request-timeout", type=float, default=3600.0,
+                   help="Cap on a per-request timeout override.")
+    h.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="On SIGTERM, seconds to let in-flight requests finish.")
+    h.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    h.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerConfig]:
+    engine = EngineConfig(
+        model=ModelConfig(
+            model=args.model,
+            served_model_name=args.served_model_name,
+            tokenizer=args.tokenizer,
+            dtype=args.dtype,
+            device=args.device,
+            max_model_len=args.max_model_len,
+            seed=args.seed,
+            chat_template=args.chat_template,
+        ),
+        cache=CacheConfig(
+            block_size=args.block_size,
+            num_gpu_blocks_override=args.num_gpu_blocks_override,
+            kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+            enable_prefix_caching=args.enable_prefix_caching,
+        ),
+        scheduler=SchedulerConfig(
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            policy=args.scheduling_policy,
+            priority_aging_s=args.priority_aging_seconds,
+            batch_wait_timeout_s=args.batch_wait_timeout_ms / 1000.0,
+            batch_wait_min_requests=args.batch_wait_min_requests,
+            max_queued_requests=args.max_queued_requests,
+            max_queued_tokens=args.max_queued_tokens,
+        ),
+    )
+    server = ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or None,
+        allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
+        protect_metrics=args.protect_metrics,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.request_timeout,
+        max_request_timeout_s=args.max_request_timeout,
+        drain_timeout_s=args.drain_timeout,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+    return engine, server

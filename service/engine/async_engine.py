@@ -1,0 +1,445 @@
+"""The asyncio front of the engine: every request becomes a Future (and, when streaming, an OutputStream), goes
+into the scheduler's waiting queue, and is served by one background batch loop.
+
+    add_request ──> Scheduler.waiting ──> batch loop:  schedule ─> runner.execute (executor thread)
+                                                         ^                 │
+                                                         └── update ◄──────┘ ─> detokenize, stop strings,
+                                                                                 stream deltas, resolve futures
+
+All engine state (scheduler, block manager, live requests) is touched only on the event-loop thread; the
+executor thread runs `runner.execute` on an immutable SchedulerOutput and returns a plain ModelRunnerOutput.
+Every Future resolves exactly once, on every path: finished, stopped, aborted, timed out or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from service.config import EngineConfig
+from service.engine.block_manager import BlockManager
+from service.engine.detokenizer import Detokenizer
+from service.engine.output_stream import OutputStream, RequestDelta, RequestResult
+from service.engine.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
+from service.engine.request import Request, RequestStatus
+from service.engine.sampling_params import SamplingParams
+from service.engine.scheduler import RequestUpdate, Scheduler
+from service.engine.stop_strings import StopStringMatcher
+from service.errors import (
+    BadRequestError,
+    EngineDeadError,
+    EngineStepError,
+    OverloadedError,
+    RequestTimeoutError,
+    ServiceError,
+    ShuttingDownError,
+)
+
+log = structlog.get_logger("engine")
+
+
+class Runner(Protocol):
+    """What the engine needs of a model runner. The real one is ModelRunner; tests use fakes."""
+
+    max_model_len: int
+    num_blocks: int
+    block_size: int
+    vocab_size: int
+
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput: ...
+
+
+class TokenizerLike(Protocol):
+    def detokenizer(self, prompt_ids: list[int], skip_special_tokens: bool = True) -> Detokenizer: ...
+
+
+@dataclass(slots=True)
+class _Live:
+    """Loop-side state of a request that has not resolved yet."""
+
+    request: Request
+    future: asyncio.Future[RequestResult]
+    stream: OutputStream | None
+    detok: Detokenizer
+    stops: StopStringMatcher
+    deadline: float | None
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+
+
+@dataclass(slots=True)
+class RequestHandle:
+    request_id: str
+    future: asyncio.Future[RequestResult]
+    stream: OutputStream | None
+
+    async def result(self) -> RequestResult:
+        return await self.future
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters the metrics endpoint and the tests read. Updated on the loop thread only."""
+
+    steps: int = 0
+    step_failures: int = 0
+    requests_finished: dict[str, int] = field(default_factory=dict)  # finish reason -> count
+    requests_rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    last_step_time_s: float = 0.0
+    last_step_tokens: int = 0
+    last_step_batch_size: int = 0
+
+
+def _retrieve_exception(fut: asyncio.Future[RequestResult]) -> None:
+    # Streaming callers read errors from the stream and never await the future; mark it as seen.
+    if not fut.cancelled():
+        fut.exception()
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig, runner: Runner, tokenizer: TokenizerLike,
+                 eos_token_ids: frozenset[int] = frozenset()) -> None:
+        self.config = config
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self.max_model_len = runner.max_model_len
+        self.block_manager = BlockManager(runner.num_blocks, runner.block_size,
+                                          enable_prefix_caching=config.cache.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler, self.block_manager, runner.max_model_len)
+        self.stats = EngineStats()
+        self._live: dict[str, _Live] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-step")
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set whenever the last live request resolves
+        self._task: asyncio.Task[None] | None = None
+        self._ids = itertools.count()
+        self._id_prefix = uuid.uuid4().hex[:8]
+        self._consecutive_failures = 0
+        self.dead_reason: str | None = None
+        self.draining = False
+        self.step_in_flight_since: float | None = None
+        self.last_heartbeat = time.monotonic()
+        # Hooks for observers (metrics, access logs): called with the request and its result when it ends.
+        self.on_request_finished: list[Callable[[Request, RequestResult], None]] = []
+        self.on_step: list[Callable[[SchedulerOutput, ModelRunnerOutput, float], None]] = []
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="engine-batch-loop")
+
+    async def stop(self) -> None:
+        """Abort everything still live and stop the loop."""
+        for rid in list(self._live):
+            self._finish_live(rid, error=ShuttingDownError("The server is shutting down."))
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def is_alive(self) -> bool:
+        return self.dead_reason is None and self._task is not None and not self._task.done()
+
+    @property
+    def num_live(self) -> int:
+        return len(self._live)
+
+    async def wait_idle(self) -> None:
+        """Wait until no request is live (graceful drain; the caller bounds the wait)."""
+        while self._live:
+            self._idle.clear()
+            await self._idle.wait()
+
+    # ---- requests ------------------------------------------------------------------------------------------
+    def new_request_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    def add_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        stream: bool = False,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        want_prompt_logprobs: bool = False,
+        request_id: str | None = None,
+    ) -> RequestHandle:
+        """Queue a request. Raises a ServiceError (never blocks) if it cannot be accepted."""
+        if self.dead_reason is not None:
+            raise EngineDeadError(f"The engine is not running: {self.dead_reason}")
+        if self.draining:
+            raise ShuttingDownError("The server is shutting down and accepts no new requests.")
+        if not prompt_token_ids:
+            raise BadRequestError("The prompt is empty.", param="prompt")
+        vocab = self.runner.vocab_size
+        bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise BadRequestError(f"Token id {bad} is outside the vocabulary [0, {vocab}).", param="prompt")
+        self.scheduler.check_fits(len(prompt_token_ids), params.max_tokens)
+        self._check_admission(len(prompt_token_ids))
+
+        rid = request_id or self.new_request_id()
+        request = Request(rid, list(prompt_token_ids), params, eos_token_ids=self.eos_token_ids,
+                          priority=priority, want_prompt_logprobs=want_prompt_logprobs)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RequestResult] = loop.create_future()
+        future.add_done_callback(_retrieve_exception)
+        out_stream = OutputStream() if stream else None
+        live = _Live(
+            request=request,
+            future=future,
+            stream=out_stream,
+            detok=self.tokenizer.detokenizer(request.prompt_token_ids, params.skip_special_tokens),
+            stops=StopStringMatcher(params.stop),
+            deadline=time.monotonic() + timeout_s if timeout_s is not None else None,
+        )
+        self.scheduler.add_request(request)
+        self._live[rid] = live
+        self._wake.set()
+        return RequestHandle(rid, future, out_stream)
+
+    def _check_admission(self, num_prompt_tokens: int) -> None:
+        cfg = self.config.scheduler
+        if cfg.max_queued_requests is not None and self.scheduler.num_waiting >= cfg.max_queued_requests:
+            self._reject("overloaded")
+            raise OverloadedError(
+                f"The server is overloaded: {self.scheduler.num_waiting} requests are already waiting "
+                f"(limit {cfg.max_queued_requests}). Retry later."
+            )
+        if cfg.max_queued_tokens is not None and (
+            self.scheduler.num_waiting_tokens + num_prompt_tokens > cfg.max_queued_tokens
+            and self.scheduler.num_waiting > 0
+        ):
+            self._reject("overloaded")
+            raise OverloadedError(
+                f"The server is overloaded: {self.scheduler.num_waiting_tokens} prompt tokens are already "
+                f"waiting (limit {cfg.max_queued_tokens}). Retry later."
+            )
+
+    def _reject(self, reason: str) -> None:
+        self.stats.requests_rejected[reason] = self.stats.requests_rejected.get(reason, 0) + 1
+
+    def abort(self, request_id: str) -> bool:
+        """End a request now (client gone). Its blocks are freed; the runner forgets it at the next step."""
+        if request_id not in self._live:
+            return False
+        self.scheduler.finish_request(request_id, RequestStatus.FINISHED_ABORTED)
+        self._finish_live(request_id)
+        return True
+
+    # ---- the batch loop ------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self.last_heartbeat = time.monotonic()
+                if not self.scheduler.has_unfinished():
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    except TimeoutError:
+                        pass
+                    continue
+                await self._gather_batch()
+                self._expire_deadlines()
+                sched = self.scheduler.schedule()
+                if sched.is_empty:
+                    # Nothing could be scheduled (the queue is waiting for room that a finishing request will
+                    # make); yield instead of spinning.
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=0.01)
+                    except TimeoutError:
+                        pass
+                    continue
+                t0 = time.monotonic()
+                try:
+                    pending = loop.run_in_executor(self._executor, self.runner.execute, sched)
+                except RuntimeError as exc:  # the executor refuses work: it has been shut down
+                    for request in self.scheduler.fail_step(sched):
+                        self._finish_live(request.request_id, error=EngineDeadError(str(exc)))
+                    self._declare_dead(f"the model executor is gone ({exc})")
+                    return
+                self.step_in_flight_since = t0
+                try:
+                    out = await pending
+                except Exception as exc:  # noqa: BLE001 -- any model error fails this step, not the server
+                    self._on_step_failure(sched, exc)
+                    continue
+                finally:
+                    self.step_in_flight_since = None
+                self._consecutive_failures = 0
+                elapsed = time.monotonic() - t0
+                updates = self.scheduler.update_from_output(sched, out)
+                self._process_updates(updates)
+                self._record_step(sched, out, elapsed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("engine loop error", error=str(exc))
+                self.fail_all(EngineStepError(f"Internal engine error: {exc}"))
+                self._consecutive_failures += 1
+                if self._consecutive_failures >= self.config.max_consecutive_step_failures:
+                    self._declare_dead(f"repeated internal errors, last: {exc}")
+                    return
+
+    async def _gather_batch(self) -> None:
+        """MAX-serve-style batch timeout: when idle and few requests wait, wait a little for more."""
+        cfg = self.config.scheduler
+        if cfg.batch_wait_timeout_s <= 0 or self.scheduler.num_running > 0:
+            return
+        deadline = time.monotonic() + cfg.batch_wait_timeout_s
+        while self.scheduler.num_waiting < cfg.batch_wait_min_requests:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    def _record_step(self, sched: SchedulerOutput, out: ModelRunnerOutput, elapsed: float) -> None:
+        s = self.stats
+        s.steps += 1
+        s.last_step_time_s = elapsed
+        s.last_step_tokens = sched.num_batched_tokens
+        s.last_step_batch_size = len(sched.chunks)
+        s.generation_tokens += len(out.sampled_token_ids)
+        for hook in self.on_step:
+            hook(sched, out, elapsed)
+
+    def _on_step_failure(self, sched: SchedulerOutput, exc: BaseException) -> None:
+        self.stats.step_failures += 1
+        self._consecutive_failures += 1
+        log.error("model step failed", error=repr(exc), requests=len(sched.chunks),
+                  consecutive=self._consecutive_failures)
+        error = EngineStepError(f"The model step failed: {type(exc).__name__}: {exc}")
+        for request in self.scheduler.fail_step(sched):
+            self._finish_live(request.request_id, error=error)
+        if self._consecutive_failures >= self.config.max_consecutive_step_failures:
+            self._declare_dead(f"{self._consecutive_failures} consecutive model steps failed, last: {exc!r}")
+
+    def _declare_dead(self, reason: str) -> None:
+        log.error("engine is dead", reason=reason)
+        self.dead_reason = reason
+        self.fail_all(EngineDeadError(f"The engine stopped: {reason}"))
+
+    def fail_all(self, error: ServiceError) -> None:
+        """End every live request with `error` (shutdown, dead engine)."""
+        for rid in list(self._live):
+            self.scheduler.finish_request(rid, RequestStatus.FINISHED_ERROR)
+            self._finish_live(rid, error=error)
+
+    def _expire_deadlines(self) -> None:
+        now = time.monotonic()
+        expired = [rid for rid, live in self._live.items() if live.deadline is not None and live.deadline <= now]
+        for rid in expired:
+            self.scheduler.finish_request(rid, RequestStatus.FINISHED_ABORTED)
+            self._reject("timeout")
+            self._finish_live(rid, error=RequestTimeoutError("The request took longer than its timeout."))
+
+    # ---- outputs -------------------------------------------------------------------------------------------
+    def _process_updates(self, updates: list[RequestUpdate]) -> None:
+        for update in updates:
+            request = update.request
+            live = self._live.get(request.request_id)
+            if live is None:
+                continue
+            delta = RequestDelta()
+            if update.prompt_logprobs is not None:
+                live.prompt_logprobs = (live.prompt_logprobs or []) + update.prompt_logprobs
+                delta.prompt_logprobs = update.prompt_logprobs
+            if update.new_token_ids:
+                delta.token_ids = update.new_token_ids
+                delta.logprobs = update.new_logprobs
+                live.logprobs.extend(update.new_logprobs)
+                delta.text = self._emit_text(live, live.detok.append(update.new_token_ids))
+            if request.is_finished:
+                # Release held-back bytes, then held-back text, unless a stop string already ended it (the
+                # flushed bytes may themselves complete a stop string).
+                if not isinstance(request.stop_reason, str):
+                    delta.text += self._emit_text(live, live.detok.flush())
+                if not isinstance(request.stop_reason, str):
+                    delta.text += live.stops.flush()
+                live.text.append(delta.text)
+                self._finish_live(request.request_id, last_delta=delta)
+            else:
+                live.text.append(delta.text)
+                if live.stream is not None and (delta.text or delta.token_ids or delta.prompt_logprobs):
+                    live.stream.put(delta)
+
+    def _emit_text(self, live: _Live, text: str) -> str:
+        """Pass new text through the stop-string matcher; end the request if a stop string appears."""
+        if not text:
+            return ""
+        emit, hit = live.stops.feed(text)
+        if hit is not None:
+            request = live.request
+            if not request.is_finished:
+                self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
+            request.status = RequestStatus.FINISHED_STOPPED
+            request.stop_reason = hit
+        return emit
+
+    def _finish_live(self, request_id: str, *, error: ServiceError | None = None,
+                     last_delta: RequestDelta | None = None) -> None:
+        live = self._live.pop(request_id, None)
+        if live is None:
+            return
+        if not self._live:
+            self._idle.set()
+        request = live.request
+        if error is not None:
+            if live.stream is not None:
+                live.stream.put(RequestDelta(error=error))
+            if not live.future.done():
+                live.future.set_exception(error)
+            self.stats.requests_finished["error"] = self.stats.requests_finished.get("error", 0) + 1
+            return
+        reason = request.finish_reason.value if request.finish_reason else "abort"
+        delta = last_delta or RequestDelta()
+        delta.finish_reason = reason
+        delta.stop_reason = request.stop_reason
+        now = time.monotonic()
+        result = RequestResult(
+            request_id=request_id,
+            text="".join(live.text),
+            token_ids=list(request.output_token_ids),
+            finish_reason=reason,
+            stop_reason=request.stop_reason,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_cached_tokens=request.num_cached_tokens,
+            logprobs=live.logprobs,
+            prompt_logprobs=live.prompt_logprobs,
+            queue_time_s=(request.first_scheduled_time - request.arrival_time)
+            if request.first_scheduled_time is not None else None,
+            ttft_s=(request.first_token_time - request.arrival_time) if request.first_token_time else None,
+            e2e_s=now - request.arrival_time,
+        )
+        self.stats.requests_finished[reason] = self.stats.requests_finished.get(reason, 0) + 1
+        self.stats.prompt_tokens += request.num_prompt_tokens
+        if live.stream is not None:
+            live.stream.put(delta)
+        if not live.future.done():
+            live.future.set_result(result)
+        for hook in self.on_request_finished:
+            hook(request, result)

@@ -1,0 +1,243 @@
+"""Runs one step of the model: packs the scheduled chunks into a single forward over our paged KV cache,
+computes logits only where a token is sampled, and samples.
+
+Runs in the engine's single executor thread. It keeps its own copy of each live request's tokens (it appends
+what it samples), so a SchedulerOutput only has to say which span of which request to compute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from service.config import CacheConfig, ModelConfig, SchedulerConfig
+from service.engine import attention
+from service.engine.attention import AttentionMetadata, PrefillSpan
+from service.engine.kv_cache import KVCache, KVCacheSpec
+from service.engine.outputs import ModelRunnerOutput, ScheduledChunk, SchedulerOutput, TokenLogprobs
+from service.engine.platform import resolve_device, resolve_dtype
+from service.engine.sampler import Sampler, SamplingState
+
+CPU_KV_CACHE_CAP_BYTES = 4 * 1024**3
+
+
+@dataclass
+class RunnerRequestState:
+    token_ids: list[int]
+    sampling: SamplingState
+    num_prompt_logprobs: int = 0
+    prompt_logprobs_done: int = 1  # position 0 never has a logprob
+
+
+def text_config(config: PretrainedConfig) -> PretrainedConfig:
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def model_max_len(config: PretrainedConfig) -> int:
+    cfg = text_config(config)
+    return int(getattr(cfg, "max_position_embeddings", 2048))
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        scheduler_config: SchedulerConfig,
+        eos_token_ids: frozenset[int],
+    ) -> None:
+        attention.register()
+        self.device = resolve_device(model_config.device)
+        self.dtype = resolve_dtype(model_config.dtype, self.device)
+        torch.manual_seed(model_config.seed)
+        path = Path(model_config.model)
+        hf_config = AutoConfig.from_pretrained(path)
+        self.max_model_len = min(model_config.max_model_len or model_max_len(hf_config), model_max_len(hf_config))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=self.dtype, attn_implementation=attention.ATTENTION_NAME
+        )
+        self.model.to(self.device)  # type: ignore[arg-type]
+        self.model.eval()
+        cfg = text_config(self.model.config)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        spec = KVCacheSpec(
+            num_layers=cfg.num_hidden_layers,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+            head_dim=head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self.block_size = cache_config.block_size
+        self.num_blocks = self._num_blocks(spec, cache_config, scheduler_config)
+        self.kv_cache = KVCache(spec, self.num_blocks, self.block_size)
+        self.vocab_size = int(cfg.vocab_size)
+        self.sampler = Sampler(self.vocab_size, self.device, model_config.seed)
+        self.eos_token_ids = eos_token_ids
+        self._states: dict[str, RunnerRequestState] = {}
+
+    def _num_blocks(self, spec: KVCacheSpec, cache: CacheConfig, sched: SchedulerConfig) -> int:
+        if cache.num_gpu_blocks_override is not None:
+            return cache.num_gpu_blocks_override
+        per_block = spec.bytes_per_token * self.block_size
+        if cache.kv_cache_memory_bytes is not None:
+            budget = cache.kv_cache_memory_bytes
+        elif self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int(free * 0.8)
+        else:
+            want = sched.max_num_seqs * self.max_model_len * spec.bytes_per_token
+            budget = min(want, CPU_KV_CACHE_CAP_BYTES)
+        return max(budget // per_block, -(-self.max_model_len // self.block_size))
+
+    @property
+    def num_live_states(self) -> int:
+        return len(self._states)
+
+    # ---- the step ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        t0 = time.perf_counter()
+        for rid in sched.finished_request_ids:
+            self._states.pop(rid, None)
+        for new in sched.new_requests:
+            gen = None
+            if new.sampling_params.seed is not None:
+                gen = self.sampler.new_generator(new.sampling_params.seed)
+            stop_ids = frozenset(new.sampling_params.stop_token_ids)
+            if not new.sampling_params.ignore_eos:
+                stop_ids |= self.eos_token_ids
+            self._states[new.request_id] = RunnerRequestState(
+                token_ids=list(new.token_ids),
+                sampling=SamplingState(new.sampling_params, list(new.token_ids), generator=gen, stop_ids=stop_ids),
+                num_prompt_logprobs=new.num_prompt_logprobs,
+            )
+        if sched.is_empty:
+            return ModelRunnerOutput(sched.step_id, (), (), (), {}, time.perf_counter() - t0)
+
+        batch = self._prepare(sched.chunks)
+        out = self.model(
+            input_ids=batch.input_ids,
+            position_ids=batch.positions,
+            use_cache=False,
+            logits_to_keep=batch.logits_indices,
+            paged_metadata=batch.attn,
+        )
+        logits = out.logits[0]
+        prompt_logprobs = self._prompt_logprobs(batch, logits)
+        sample_logits = logits[batch.sample_rows] if batch.prompt_lp_rows else logits
+        states = [self._states[rid].sampling for rid in batch.sample_request_ids]
+        tokens, logprobs = self.sampler.sample(sample_logits, states)
+        for rid, tok in zip(batch.sample_request_ids, tokens, strict=True):
+            st = self._states[rid]
+            st.token_ids.append(tok)
+            st.sampling.output_token_ids.append(tok)
+        return ModelRunnerOutput(
+            step_id=sched.step_id,
+            request_ids=tuple(batch.sample_request_ids),
+            sampled_token_ids=tuple(tokens),
+            logprobs=tuple(logprobs),
+            prompt_logprobs=prompt_logprobs,
+            execute_time_s=time.perf_counter() - t0,
+        )
+
+    def _prepare(self, chunks: tuple[ScheduledChunk, ...]) -> _Batch:
+        bs = self.block_size
+        dev = self.device
+        decodes = [c for c in chunks if c.num_tokens == 1]
+        prefills = [c for c in chunks if c.num_tokens > 1]
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        keep: list[int] = []
+        sample_ids: list[str] = []
+        sample_rows: list[int] = []
+        prompt_lp_rows: dict[str, tuple[int, int, int]] = {}  # rid -> (first row, first position, count)
+
+        for c in decodes:
+            st = self._states[c.request_id]
+            input_ids.append(st.token_ids[c.start])
+            positions.append(c.start)
+            slots.append(c.block_ids[c.start // bs] * bs + c.start % bs)
+        meta = AttentionMetadata(self.kv_cache, torch.empty(0), num_decodes=len(decodes))
+        if decodes:
+            ctx = [c.start + 1 for c in decodes]
+            nblk = -(-max(ctx) // bs)
+            table = [list(c.block_ids[:nblk]) + [0] * (nblk - min(nblk, len(c.block_ids))) for c in decodes]
+            meta.decode_block_ids = torch.tensor(table, dtype=torch.long, device=dev)
+            lens = torch.tensor(ctx, dtype=torch.long, device=dev)
+            meta.decode_context_lens = lens
+            valid = torch.arange(nblk * bs, device=dev)[None, :] < lens[:, None]
+            score_dtype = torch.float32 if self.dtype in (torch.bfloat16, torch.float16) else self.dtype
+            mask = torch.zeros(valid.shape, dtype=score_dtype, device=dev).masked_fill_(~valid, float("-inf"))
+            meta.decode_mask = mask.unsqueeze(1)
+            for i, c in enumerate(decodes):
+                if c.sample:
+                    keep.append(i)
+                    sample_ids.append(c.request_id)
+        for c in prefills:
+            st = self._states[c.request_id]
+            start_tok = len(input_ids)
+            end = c.start + c.num_tokens
+            input_ids.extend(st.token_ids[c.start : end])
+            positions.extend(range(c.start, end))
+            for p in range(c.start, end):
+                slots.append(c.block_ids[p // bs] * bs + p % bs)
+            span = PrefillSpan(start_tok, len(input_ids), c.start)
+            if c.start > 0:
+                span.block_ids = torch.tensor(c.block_ids[: -(-end // bs)], dtype=torch.long, device=dev)
+            meta.prefills.append(span)
+            # Prompt logprobs: position p's logits give the logprob of token p + 1.
+            lo = max(c.start, st.prompt_logprobs_done - 1)
+            hi = min(end, st.num_prompt_logprobs - 1)
+            if hi > lo:
+                prompt_lp_rows[c.request_id] = (len(keep), lo, hi - lo)
+                keep.extend(range(start_tok + lo - c.start, start_tok + hi - c.start))
+            if c.sample:
+                keep.append(len(input_ids) - 1)
+                sample_ids.append(c.request_id)
+        if prompt_lp_rows:
+            # Rows of `keep` that are sampling rows (the rest are prompt-logprob rows).
+            lp_rows = {r for first, _, n in prompt_lp_rows.values() for r in range(first, first + n)}
+            sample_rows = [i for i in range(len(keep)) if i not in lp_rows]
+        meta.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
+        return _Batch(
+            input_ids=torch.tensor([input_ids], dtype=torch.long, device=dev),
+            positions=torch.tensor([positions], dtype=torch.long, device=dev),
+            logits_indices=torch.tensor(keep, dtype=torch.long, device=dev),
+            attn=meta,
+            sample_request_ids=sample_ids,
+            sample_rows=sample_rows,
+            prompt_lp_rows=prompt_lp_rows,
+        )
+
+    def _prompt_logprobs(self, batch: _Batch, logits: torch.Tensor) -> dict[str, list[TokenLogprobs | None]]:
+        result: dict[str, list[TokenLogprobs | None]] = {}
+        for rid, (first, pos, n) in batch.prompt_lp_rows.items():
+            st = self._states[rid]
+            k = st.sampling.params.logprobs or 0
+            lp = torch.log_softmax(logits[first : first + n, : self.vocab_size].float(), dim=-1)
+            targets = st.token_ids[pos + 1 : pos + 1 + n]
+            chosen = lp[torch.arange(n), torch.tensor(targets)].tolist()
+            top = torch.topk(lp, k) if k > 0 else None
+            entries: list[TokenLogprobs | None] = [None] if pos == 0 else []
+            for j in range(n):
+                alts = tuple(zip(top.indices[j].tolist(), top.values[j].tolist(), strict=True)) if top else ()
+                entries.append(TokenLogprobs(targets[j], chosen[j], alts))
+            st.prompt_logprobs_done = pos + 1 + n
+            result[rid] = entries
+        return result
+
+
+@dataclass
+class _Batch:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    logits_indices: torch.Tensor
+    attn: AttentionMetadata
+    sample_request_ids: list[str]
+    sample_rows: list[int]
+    prompt_lp_rows: dict[str, tuple[int, int, int]]

@@ -1,0 +1,91 @@
+"""What a request's caller receives: deltas on a per-request stream, and one final result on a future."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from service.engine.outputs import TokenLogprobs
+
+
+@dataclass(slots=True)
+class RequestDelta:
+    """New output since the last delta the reader took. Consecutive deltas merge while the reader is slow."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    def merge(self, later: RequestDelta) -> None:
+        self.text += later.text
+        self.token_ids.extend(later.token_ids)
+        self.logprobs.extend(later.logprobs)
+        if later.prompt_logprobs is not None:
+            self.prompt_logprobs = (self.prompt_logprobs or []) + later.prompt_logprobs
+        self.finish_reason = later.finish_reason
+        self.stop_reason = later.stop_reason
+        self.error = later.error
+
+
+@dataclass(slots=True)
+class RequestResult:
+    """The whole generation, resolved on the request's future when it ends."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    stop_reason: int | str | None
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    logprobs: list[TokenLogprobs | None]
+    prompt_logprobs: list[TokenLogprobs | None] | None
+    queue_time_s: float | None
+    ttft_s: float | None
+    e2e_s: float
+
+
+class OutputStream:
+    """One mailbox per streaming request: the engine puts without blocking, the handler awaits.
+
+    Only the event-loop thread touches it. If the reader falls behind, deltas merge into one, so memory stays
+    bounded by the request's own output.
+    """
+
+    __slots__ = ("_closed", "_event", "_pending")
+
+    def __init__(self) -> None:
+        self._pending: RequestDelta | None = None
+        self._event = asyncio.Event()
+        self._closed = False
+
+    def put(self, delta: RequestDelta) -> None:
+        if self._closed:
+            return
+        if self._pending is None:
+            self._pending = delta
+        else:
+            self._pending.merge(delta)
+        if delta.finished:
+            self._closed = True
+        self._event.set()
+
+    async def get(self) -> RequestDelta:
+        """Wait for the next (possibly merged) delta; a failed request ends with a delta carrying `error`."""
+        while self._pending is None:
+            self._event.clear()
+            await self._event.wait()
+        delta, self._pending = self._pending, None
+        return delta
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,63 @@
+"""Incremental detokenization against the real byte-level BPE of the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.engine.detokenizer import OffsetDetokenizer
+from service.engine.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir) -> Tokenizer:
+    return Tokenizer(str(tiny_model_dir))
+
+
+def stream_decode(detok, ids: list[int], chunk: int) -> list[str]:
+    deltas = [detok.append(ids[i:i + chunk]) for i in range(0, len(ids), chunk)]
+    deltas.append(detok.flush())
+    return deltas
+
+
+TEXT = st.text(
+    alphabet=st.one_of(
+        st.characters(codec="utf-8"),
+        st.sampled_from(list("😀🎉👩‍💻🇯🇵漢字かなカナ한국어ñé") + ["\n", " "]),
+    ),
+    max_size=60,
+)
+
+
+def test_byte_level_fast_path_is_used(tokenizer):
+    from service.engine.detokenizer import ByteLevelDetokenizer
+    assert isinstance(tokenizer.detokenizer([1]), ByteLevelDetokenizer)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(text=TEXT, chunk=st.integers(1, 3))
+def test_streamed_text_equals_full_decode_without_split_replacement_chars(tokenizer, text, chunk):
+    ids = tokenizer.encode_now(text, add_special_tokens=False)
+    for detok in (tokenizer.detokenizer([]), OffsetDetokenizer(tokenizer.hf, [], True)):
+        deltas = stream_decode(detok, ids, chunk)
+        assert "".join(deltas) == tokenizer.decode(ids) == text
+        assert not any("\ufffd" in d for d in deltas)  # valid text never shows a replacement char
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(raw=st.lists(st.integers(0, 1023), max_size=40), chunk=st.integers(1, 3))
+def test_arbitrary_token_sequences_concatenate_to_the_full_decode(tokenizer, raw, chunk):
+    """Random ids can spell invalid UTF-8; the deltas still add up to exactly what decode() gives."""
+    ids = [t for t in raw if t < tokenizer.vocab_size]
+    deltas = stream_decode(tokenizer.detokenizer([]), ids, chunk)
+    assert "".join(deltas) == tokenizer.decode(ids)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(raw=st.binary(max_size=30))
+def test_random_bytes_round_trip(tokenizer, raw):
+    text = raw.decode("utf-8", errors="replace")
+    ids = tokenizer.encode_now(text, add_special_tokens=False)
+    deltas = stream_decode(tokenizer.detokenizer([]), ids, 1)
+    assert "".join(deltas) == text

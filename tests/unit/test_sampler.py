@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import torch
+
+from service.engine.sampler import Sampler, SamplingState
+from service.engine.sampling_params import SamplingParams
+
+
+def state(**kw) -> SamplingState:
+    return SamplingState(SamplingParams(max_tokens=8, **kw), prompt_token_ids=[1, 2, 3])
+
+
+def seeded(seed: int, **kw) -> SamplingState:
+    s = state(seed=seed, **kw)
+    s.generator = torch.Generator().manual_seed(seed)
+    return s
+
+
+def logits_for(n: int, vocab: int = 50, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, vocab, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_greedy_is_argmax():
+    sampler = Sampler(50, torch.device("cpu"), seed=0)
+    logits = logits_for(4)
+    tokens, _ = sampler.sample(logits.clone(), [state(temperature=0.0) for _ in range(4)])
+    assert tokens == logits.argmax(-1).tolist()
+
+
+def test_seeded_row_is_batch_invariant():
+    """One request's seeded draws do not depend on what its batch mates are or ask for."""
+    logits = logits_for(1)[0]
+    alone_sampler = Sampler(50, torch.device("cpu"), seed=0)
+    s_alone = seeded(42)
+    alone = [alone_sampler.sample(logits[None].clone(), [s_alone])[0][0] for _ in range(20)]
+
+    busy_sampler = Sampler(50, torch.device("cpu"), seed=123)
+    s_busy = seeded(42)
+    busy = []
+    for step in range(20):
+        mates = [state(temperature=0.7, top_k=5), state(temperature=0.0), seeded(step, top_p=0.5, min_p=0.1),
+                 state(temperature=1.3, repetition_penalty=1.2)]
+        batch = torch.cat([logits_for(2, seed=step + 1), logits[None], logits_for(2, seed=step + 50)])
+        tokens, _ = busy_sampler.sample(batch.clone(), [mates[0], mates[1], s_busy, mates[2], mates[3]])
+        busy.append(tokens[2])
+    assert busy == alone
+
+
+def test_top_k_1_is_greedy_and_top_p_tiny_is_greedy():
+    sampler = Sampler(50, torch.device("cpu"), seed=0)
+    logits = logits_for(2)
+    tokens, _ = sampler.sample(logits.clone(), [state(temperature=1.0, top_k=1), state(temperature=1.0, top_p=1e-6)])
+    assert tokens == logits.argmax(-1).tolist()
+
+
+def test_top_k_restricts_support():
+    sampler = Sampler(50, torch.device("cpu"), seed=0)
+    logits = logits_for(1)
+    top3 = set(torch.topk(logits[0], 3).indices.tolist())
+    seen = {sampler.sample(logits.clone(), [state(temperature=2.0, top_k=3)])[0][0] for _ in range(200)}
+    assert seen <= top3 and len(seen) >= 2
+
+
+def test_min_tokens_masks_stop_ids_and_logit_bias_applies():
+    sampler = Sampler(50, torch.device("cpu"), seed=0)
+    logits = torch.zeros(1, 50)
+    logits[0, 7] = 10.0
+    s = state(temperature=0.0, min_tokens=2)
+    s.stop_ids = frozenset({7})
+    assert sampler.sample(logits.clone(), [s])[0][0] != 7
+    biased = state(temperature=0.0, logit_bias=((3, 100.0),))
+    assert sampler.sample(logits.clone(), [biased])[0][0] == 3
+
+
+def test_logprobs_report_chosen_token_and_top_k():
+    sampler = Sampler(50, torch.device("cpu"), seed=0)
+    logits = logits_for(1)
+    tokens, lps = sampler.sample(logits.clone(), [state(temperature=0.0, logprobs=3)])
+    lp = lps[0]
+    assert lp is not None and lp.token_id == tokens[0]
+    expected = torch.log_softmax(logits[0], -1)
+    assert abs(lp.logprob - expected[tokens[0]].item()) < 1e-5
+    assert [t for t, _ in lp.top] == torch.topk(expected, 3).indices.tolist()
+
+
+def test_penalties_discourage_repeats():
+    sampler = Sampler(50, torch.device("cpu"), seed=0)
+    logits = torch.zeros(1, 50)
+    logits[0, 5] = 1.0
+    logits[0, 6] = 0.9
+    s = state(temperature=0.0, presence_penalty=2.0)
+    s.output_token_ids = [5]
+    assert sampler.sample(logits.clone(), [s])[0][0] == 6
