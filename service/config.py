@@ -99,6 +99,8 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
+    embedding_model: str | None = None  # directory of the encoder behind /v1/embeddings; None disables it
+    embedding_batch_wait_s: float = 0.005
 
     def __post_init__(self) -> None:
         _require(0 < self.port < 65536, f"port={self.port}: must be in 1..65535")

@@ -11,6 +11,7 @@ from aiohttp import web
 from service.api.app import create_app
 from service.api.context import ServerContext
 from service.config import EngineConfig, ServerConfig
+from service.embeddings.service import EmbeddingService
 from service.engine.factory import build_engine
 from service.errors import ShuttingDownError
 
@@ -20,7 +21,12 @@ log = structlog.get_logger("server")
 async def serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     engine, tokenizer = await loop.run_in_executor(None, build_engine, engine_config)
-    ctx = ServerContext(engine, tokenizer, engine_config.model.name, server_config)
+    embeddings = None
+    if server_config.embedding_model is not None:
+        path, wait_s = server_config.embedding_model, server_config.embedding_batch_wait_s
+        device = str(getattr(engine.runner, "device", "cpu")).split(":")[0]
+        embeddings = await loop.run_in_executor(None, lambda: EmbeddingService(path, device, wait_s))
+    ctx = ServerContext(engine, tokenizer, engine_config.model.name, server_config, embeddings)
     app = create_app(ctx)
     # handler_cancellation: a client that disconnects cancels its handler, whose `finally` aborts the request.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from service.api import completions, health
+from service.api import chat, completions, embeddings, health, tokenize
 from service.api.context import CONTEXT, ServerContext
 from service.api.errors import error_middleware
 from service.api.middleware import access_log_middleware
@@ -19,6 +19,10 @@ def create_app(ctx: ServerContext) -> web.Application:
     )
     app[CONTEXT] = ctx
     app.router.add_post("/v1/completions", completions.create_completion)
+    app.router.add_post("/v1/chat/completions", chat.create_chat_completion)
+    app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
+    app.router.add_post("/tokenize", tokenize.tokenize)
+    app.router.add_post("/detokenize", tokenize.detokenize)
     app.router.add_get("/health", health.health)
     app.router.add_get("/v1/models", health.list_models)
     app.cleanup_ctx.append(_engine_lifetime)
@@ -26,7 +30,11 @@ def create_app(ctx: ServerContext) -> web.Application:
 
 
 async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
-    engine = app[CONTEXT].engine
-    await engine.start()
+    ctx = app[CONTEXT]
+    await ctx.engine.start()
+    if ctx.embeddings is not None:
+        await ctx.embeddings.start()
     yield
-    await engine.stop()
+    if ctx.embeddings is not None:
+        await ctx.embeddings.stop()
+    await ctx.engine.stop()

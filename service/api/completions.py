@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -10,6 +9,7 @@ from aiohttp import web
 
 from service.api.context import CONTEXT, REQUEST_ID, USAGE, ServerContext
 from service.api.errors import json_response, read_json_object
+from service.api.generation import gather_results, submitted, usage
 from service.api.logprobs import completion_logprobs
 from service.api.schemas.completions import CompletionRequest
 from service.api.sse import SSEWriter, iterate_deltas
@@ -30,29 +30,17 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         raise BadRequestError(f"best_of={req.best_of}: only best_of equal to n is supported.", param="best_of")
 
     prompts = [await ctx.tokenizer.encode(p) if isinstance(p, str) else p for p in req.prompts()]
-    max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS
-    want_prompt_lp = req.echo and req.logprobs is not None
-    handles: list[RequestHandle] = []
-    try:
-        for ids in prompts:
-            for j in range(req.n):
-                params = req.to_sampling_params(max_tokens, req.logprobs, seed_offset=j)
-                handles.append(ctx.engine.add_request(
-                    ids, params, stream=req.stream, priority=req.priority,
-                    timeout_s=ctx.timeout_for(None), want_prompt_logprobs=want_prompt_lp,
-                ))
+    max_tokens = [req.max_tokens or DEFAULT_MAX_TOKENS] * len(prompts)
+    async with submitted(ctx, prompts, req, max_tokens=max_tokens, logprobs=req.logprobs,
+                         want_prompt_logprobs=req.echo and req.logprobs is not None) as handles:
         response_id = f"cmpl-{handles[0].request_id}"
         request[REQUEST_ID] = response_id
         if req.stream:
             return await _stream(request, ctx, req, prompts, handles, response_id)
-        results = await asyncio.gather(*(h.result() for h in handles))
+        results = await gather_results(handles)
         body = _full_response(ctx, req, prompts, results, response_id)
         request[USAGE] = body["usage"]
         return json_response(body, headers={"X-Request-Id": response_id})
-    finally:
-        for h in handles:
-            if not h.future.done():
-                ctx.engine.abort(h.request_id)
 
 
 def _echo_text(ctx: ServerContext, req: CompletionRequest, ids: list[int], index: int) -> str:
@@ -83,21 +71,15 @@ def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: list[lis
             choice["prompt_token_ids"] = prompts[prompt_index]
             choice["token_ids"] = r.token_ids
         choices.append(choice)
-    prompt_tokens = sum(len(p) for p in prompts)
-    completion_tokens = sum(len(r.token_ids) for r in results)
     return {
         "id": response_id,
         "object": "text_completion",
         "created": int(time.time()),
         "model": ctx.model_name,
         "choices": choices,
-        "usage": _usage(prompt_tokens, completion_tokens),
+        "usage": usage(sum(len(p) for p in prompts), sum(len(r.token_ids) for r in results),
+                       sum(r.num_cached_tokens for r in results[:: req.n])),
     }
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
 
 
 async def _stream(request: web.Request, ctx: ServerContext, req: CompletionRequest, prompts: list[list[int]],
@@ -128,33 +110,27 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
             text = _echo_text(ctx, req, prompts[i // req.n], i // req.n)
             offsets[i] = len(text)
             await sse.send(chunk(i, text))
-    try:
-        async for index, delta in iterate_deltas(handles):
-            if delta.error is not None:
-                err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
-                await sse.send_error(err)
-                return await sse.done()
-            completion_tokens += len(delta.token_ids)
-            logprobs = None
-            if req.logprobs is not None:
-                logprobs = completion_logprobs(delta.logprobs, ctx.tokenizer.token_text, offsets[index])
-                if req.echo and delta.prompt_logprobs is not None:
-                    echoed = completion_logprobs(delta.prompt_logprobs, ctx.tokenizer.token_text,
-                                                 prompt_offsets[index])
-                    prompt_offsets[index] += sum(len(t) for t in echoed["tokens"])
-                    logprobs = {k: echoed[k] + logprobs[k] for k in logprobs}
-                offsets[index] += len(delta.text)
-            if delta.text or delta.finished or logprobs or (req.return_token_ids and delta.token_ids):
-                await sse.send(chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
-                                     delta.token_ids))
-    except ServiceError as err:
-        await sse.send_error(err)
-        return await sse.done()
-    prompt_tokens = sum(len(p) for p in prompts)
-    request[USAGE] = _usage(prompt_tokens, completion_tokens)
+    async for index, delta in iterate_deltas(handles):
+        if delta.error is not None:
+            err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
+            await sse.send_error(err)
+            return await sse.done()
+        completion_tokens += len(delta.token_ids)
+        logprobs = None
+        if req.logprobs is not None:
+            logprobs = completion_logprobs(delta.logprobs, ctx.tokenizer.token_text, offsets[index])
+            if req.echo and delta.prompt_logprobs is not None:
+                echoed = completion_logprobs(delta.prompt_logprobs, ctx.tokenizer.token_text, prompt_offsets[index])
+                prompt_offsets[index] += sum(len(t) for t in echoed["tokens"])
+                logprobs = {k: echoed[k] + logprobs[k] for k in logprobs}
+            offsets[index] += len(delta.text)
+        if delta.text or delta.finished or logprobs or (req.return_token_ids and delta.token_ids):
+            await sse.send(chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
+                                 delta.token_ids))
+    request[USAGE] = usage(sum(len(p) for p in prompts), completion_tokens)
     if req.include_usage:
         await sse.send({
             "id": response_id, "object": "text_completion", "created": created, "model": ctx.model_name,
-            "choices": [], "usage": _usage(prompt_tokens, completion_tokens),
+            "choices": [], "usage": request[USAGE],
         })
     return await sse.done()

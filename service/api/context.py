@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from service.config import ServerConfig
+from service.embeddings.service import EmbeddingService
 from service.engine.async_engine import AsyncEngine
 from service.engine.tokenizer import Tokenizer
 from service.errors import NotFoundError, short_repr
@@ -19,6 +20,7 @@ class ServerContext:
     tokenizer: Tokenizer
     model_name: str
     config: ServerConfig
+    embeddings: EmbeddingService | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def check_model(self, name: str | None) -> None:

@@ -46,4 +46,13 @@ async def list_models(request: web.Request) -> web.Response:
         "root": ctx.engine.config.model.model,
         "max_model_len": ctx.engine.max_model_len,
     }]
+    if ctx.embeddings is not None:
+        data.append({
+            "id": ctx.embeddings.model_name,
+            "object": "model",
+            "created": ctx.created,
+            "owned_by": "hfserve",
+            "root": ctx.embeddings.model.path,
+            "max_model_len": ctx.embeddings.model.max_len,
+        })
     return json_response({"object": "list", "data": data})

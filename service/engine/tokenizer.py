@@ -21,6 +21,11 @@ class Tokenizer:
         if chat_template_path is not None:
             self.hf.chat_template = Path(chat_template_path).read_text(encoding="utf-8")
         self._backend = getattr(self.hf, "backend_tokenizer", None)
+        if self._backend is not None:
+            # Some tokenizer.json files carry fixed padding or truncation (BERT-style exports); we encode one
+            # text at a time and check lengths ourselves, so neither may apply silently.
+            self._backend.no_padding()
+            self._backend.no_truncation()
         self.offload_chars = offload_chars
         # One worker: long prompts are rare, and the Rust batch encoder releases the GIL while it works.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")

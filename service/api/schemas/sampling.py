@@ -54,6 +54,9 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="Accepted and ignored.")
     priority: int = Field(0, ge=-(2**31), le=2**31 - 1, description="Lower runs first (priority policy).")
+    request_timeout: float | None = Field(
+        None, gt=0, description="Seconds before the request is aborted; capped by the server's maximum."
+    )
 
     @field_validator("stop")
     @classmethod

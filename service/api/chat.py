@@ -1,0 +1,111 @@
+"""POST /v1/chat/completions: the prompt comes from the tokenizer's chat template (or --chat-template)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from service.api.context import CONTEXT, REQUEST_ID, USAGE, ServerContext
+from service.api.errors import json_response, read_json_object
+from service.api.generation import gather_results, submitted, usage
+from service.api.logprobs import chat_logprobs
+from service.api.schemas.chat import ChatCompletionRequest
+from service.api.sse import SSEWriter, iterate_deltas
+from service.engine.async_engine import RequestHandle
+from service.engine.output_stream import RequestResult
+from service.errors import ContextLengthExceededError, ServiceError
+
+
+async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    req = ChatCompletionRequest.model_validate(await read_json_object(request))
+    ctx.check_model(req.model)
+    prompt = await ctx.tokenizer.encode_chat(req.template_messages(), req.add_generation_prompt,
+                                              req.chat_template_kwargs)
+    room = ctx.engine.max_model_len - len(prompt)
+    if room < 1:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {ctx.engine.max_model_len} tokens, and the messages "
+            f"alone take {len(prompt)}.", param="messages")
+    # OpenAI's chat default: generate until the context is full.
+    max_tokens = req.requested_max_tokens or room
+    async with submitted(ctx, [prompt], req, max_tokens=[max_tokens], logprobs=req.num_logprobs) as handles:
+        response_id = f"chatcmpl-{handles[0].request_id}"
+        request[REQUEST_ID] = response_id
+        if req.stream:
+            return await _stream(request, ctx, req, prompt, handles, response_id)
+        results = await gather_results(handles)
+        body = _full_response(ctx, req, prompt, results, response_id)
+        request[USAGE] = body["usage"]
+        return json_response(body, headers={"X-Request-Id": response_id})
+
+
+def _full_response(ctx: ServerContext, req: ChatCompletionRequest, prompt: list[int],
+                   results: list[RequestResult], response_id: str) -> dict[str, Any]:
+    choices = []
+    for i, r in enumerate(results):
+        choice: dict[str, Any] = {
+            "index": i,
+            "message": {"role": "assistant", "content": r.text},
+            "logprobs": chat_logprobs(r.logprobs, ctx.tokenizer.token_text) if req.logprobs else None,
+            "finish_reason": r.finish_reason,
+            "stop_reason": r.stop_reason,
+        }
+        if req.return_token_ids:
+            choice["token_ids"] = r.token_ids
+        choices.append(choice)
+    body: dict[str, Any] = {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": ctx.model_name,
+        "choices": choices,
+        "usage": usage(len(prompt), sum(len(r.token_ids) for r in results), results[0].num_cached_tokens),
+    }
+    if req.return_token_ids:
+        body["prompt_token_ids"] = prompt
+    return body
+
+
+async def _stream(request: web.Request, ctx: ServerContext, req: ChatCompletionRequest, prompt: list[int],
+                  handles: list[RequestHandle], response_id: str) -> web.StreamResponse:
+    created = int(time.time())
+    sse = SSEWriter(request, {"X-Request-Id": response_id})
+    await sse.prepare()
+
+    def chunk(index: int, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None,
+              stop_reason: int | str | None = None, token_ids: list[int] | None = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish,
+                                  "stop_reason": stop_reason}
+        if req.return_token_ids:
+            choice["token_ids"] = token_ids or []
+        body: dict[str, Any] = {
+            "id": response_id, "object": "chat.completion.chunk", "created": created, "model": ctx.model_name,
+            "choices": [choice],
+        }
+        if req.include_usage:
+            body["usage"] = None
+        return body
+
+    # The role comes first, on its own, as OpenAI sends it.
+    for i in range(len(handles)):
+        await sse.send(chunk(i, {"role": "assistant", "content": ""}))
+    completion_tokens = 0
+    async for index, d in iterate_deltas(handles):
+        if d.error is not None:
+            await sse.send_error(d.error if isinstance(d.error, ServiceError) else ServiceError(str(d.error)))
+            return await sse.done()
+        completion_tokens += len(d.token_ids)
+        logprobs = chat_logprobs(d.logprobs, ctx.tokenizer.token_text) if req.logprobs and d.logprobs else None
+        if d.text or logprobs or d.finished or (req.return_token_ids and d.token_ids):
+            delta: dict[str, Any] = {"content": d.text} if d.text else {}
+            await sse.send(chunk(index, delta, logprobs, d.finish_reason, d.stop_reason, d.token_ids))
+    request[USAGE] = usage(len(prompt), completion_tokens)
+    if req.include_usage:
+        await sse.send({
+            "id": response_id, "object": "chat.completion.chunk", "created": created, "model": ctx.model_name,
+            "choices": [], "usage": request[USAGE],
+        })
+    return await sse.done()

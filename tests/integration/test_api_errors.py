@@ -1,0 +1,168 @@
+"""Bad input gets a 4xx with OpenAI's error shape, naming the parameter, never a 500 and never an echo of a
+large input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from service.engine.factory import build_engine
+from tests.factories import engine_config
+
+
+def assert_error(body: dict, status: int, resp_status: int, param: str | None = None) -> dict:
+    assert resp_status == status, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    if param is not None:
+        assert err["param"] == param
+    return err
+
+
+@pytest.fixture
+async def client(make_client):
+    return await make_client()
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": "many"}, "max_tokens"),
+        ({"prompt": "x", "temperature": -3}, "temperature"),
+        ({"prompt": "x", "temperature": 2.5}, "temperature"),
+        ({"prompt": "x", "top_p": 0}, "top_p"),
+        ({"prompt": "x", "top_k": -2}, "top_k"),
+        ({"prompt": "x", "n": 0}, "n"),
+        ({"prompt": "x", "n": 1000}, "n"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"prompt": "x", "logprobs": 99}, "logprobs"),
+        ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"prompt": "x", "presence_penalty": 3}, "presence_penalty"),
+        ({"prompt": "x", "stream": "yes please"}, "stream"),
+        ({"max_tokens": 3}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [1, 2, 10**9]}, None),
+        ({"prompt": [-1]}, None),
+    ],
+)
+async def test_completion_validation_errors(client, body, param):
+    resp = await client.post("/v1/completions", json=body)
+    err = assert_error(await resp.json(), 400, resp.status)
+    assert err["type"] == "invalid_request_error"
+    if param is not None:
+        assert err["param"].split(".")[0] == param
+        assert param in err["message"]
+
+
+async def test_out_of_vocabulary_token_id(client):
+    resp = await client.post("/v1/completions", json={"prompt": [1, 2, 5000], "max_tokens": 2})
+    err = assert_error(await resp.json(), 400, resp.status, "prompt")
+    assert "5000" in err["message"]
+
+
+async def test_unknown_model_is_404(client):
+    resp = await client.post("/v1/completions", json={"prompt": "x", "model": "gpt-9"})
+    err = assert_error(await resp.json(), 404, resp.status, "model")
+    assert "gpt-9" in err["message"]
+
+
+async def test_context_length_exceeded(client):
+    resp = await client.post("/v1/completions", json={"prompt": [5] * 500, "max_tokens": 100})
+    err = assert_error(await resp.json(), 400, resp.status)
+    assert err["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("data", "headers", "status"),
+    [
+        (b"{not json", {"Content-Type": "application/json"}, 400),
+        (b"[1, 2]", {"Content-Type": "application/json"}, 400),
+        (b'"a string"', {"Content-Type": "application/json"}, 400),
+        (b"prompt=x", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ],
+)
+async def test_malformed_bodies(client, data, headers, status):
+    resp = await client.post("/v1/completions", data=data, headers=headers)
+    assert_error(await resp.json(), status, resp.status)
+
+
+async def test_wrong_method_and_unknown_route(client):
+    resp = await client.get("/v1/completions")
+    assert_error(await resp.json(), 405, resp.status)
+    resp = await client.get("/v1/nothing-here")
+    assert_error(await resp.json(), 404, resp.status)
+
+
+async def test_large_invalid_input_is_not_echoed(client):
+    huge = "z" * 100_000
+    resp = await client.post("/v1/completions", json={"prompt": "x", "stop": huge})
+    text = await resp.text()
+    assert resp.status == 400
+    assert len(text) < 1000
+
+
+async def test_chat_validation(client):
+    resp = await client.post("/v1/chat/completions", json={"messages": []})
+    assert_error(await resp.json(), 400, resp.status, "messages")
+    resp = await client.post("/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "x"}]})
+    assert_error(await resp.json(), 400, resp.status)
+    resp = await client.post("/v1/chat/completions",
+                             json={"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
+    assert_error(await resp.json(), 400, resp.status)
+
+
+async def test_chat_without_template_is_a_clear_400(make_client, tiny_model_dir, tmp_path):
+    bare = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "chat_template.jinja").unlink()
+    engine, tokenizer = build_engine(engine_config(bare, dtype="float64"))
+    tokenizer.hf.chat_template = None
+    client = await make_client(engine=engine, tokenizer=tokenizer)
+    resp = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    err = assert_error(await resp.json(), 400, resp.status, "messages")
+    assert "--chat-template" in err["message"]
+
+
+async def test_chat_template_flag_supplies_a_template(make_client, tiny_model_dir, tmp_path):
+    bare = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "chat_template.jinja").unlink()
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
+    cfg = engine_config(bare, dtype="float64")
+    cfg = type(cfg)(model=type(cfg.model)(model=str(bare), dtype="float64", chat_template=str(template)),
+                    cache=cfg.cache, scheduler=cfg.scheduler)
+    engine, tokenizer = build_engine(cfg)
+    client = await make_client(engine=engine, tokenizer=tokenizer)
+    resp = await client.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200
+    tokens = (await resp.json())["tokens"]
+    assert tokenizer.decode(tokens) == "[user] hi\n"
+
+
+async def test_tokenize_and_detokenize_round_trip(client):
+    resp = await client.post("/tokenize", json={"prompt": "def f(x): return x", "return_token_strs": True})
+    body = await resp.json()
+    assert body["count"] == len(body["tokens"]) == len(body["token_strs"])
+    assert body["max_model_len"] == 512
+    resp = await client.post("/detokenize", json={"tokens": body["tokens"]})
+    assert (await resp.json())["prompt"] == "def f(x): return x"
+    resp = await client.post("/detokenize", json={"tokens": [10**6]})
+    assert_error(await resp.json(), 400, resp.status, "tokens")
+    resp = await client.post("/tokenize", json={})
+    assert_error(await resp.json(), 400, resp.status)
+
+
+async def test_embeddings_errors(make_client):
+    client = await make_client(embeddings=True)
+    resp = await client.post("/v1/embeddings", json={"input": []})
+    assert_error(await resp.json(), 400, resp.status, "input")
+    resp = await client.post("/v1/embeddings", json={"input": "x", "model": "nope"})
+    assert_error(await resp.json(), 404, resp.status, "model")
+    resp = await client.post("/v1/embeddings", json={"input": "word " * 1000})
+    err = assert_error(await resp.json(), 400, resp.status, "input")
+    assert err["code"] == "context_length_exceeded"
+    resp = await client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"})
+    assert_error(await resp.json(), 400, resp.status, "encoding_format")
