@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--kv-cache-memory-bytes", type=int, default=None, help="Memory for the KV cache.")
     c.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                    help="Share KV blocks of common prompt prefixes across requests.")
+    c.add_argument("--decode-kv-mirror", action=argparse.BooleanOptionalAction, default=None,
+                   help="Keep a dense copy of decoding requests' KV so decode attention needs no gather "
+                        "(default: on for the CPU, off for CUDA).")
 
     s = p.add_argument_group("scheduler")
     s.add_argument("--max-num-seqs", type=int, default=64, help="Most requests running at once (batch size).")
@@ -92,6 +95,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerCon
             num_gpu_blocks_override=args.num_gpu_blocks_override,
             kv_cache_memory_bytes=args.kv_cache_memory_bytes,
             enable_prefix_caching=args.enable_prefix_caching,
+            decode_mirror=args.decode_kv_mirror,
         ),
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs,

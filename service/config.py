@@ -41,6 +41,9 @@ class CacheConfig:
     # capped at 4 GiB on the CPU.
     kv_cache_memory_bytes: int | None = None
     enable_prefix_caching: bool = True
+    # Keep a dense copy of decoding requests' KV so decode attention needs no gather (decode_mirror.py).
+    # None: on for the CPU, where gathers dominate; off for CUDA.
+    decode_mirror: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.block_size in (1, 2, 4, 8, 16, 32, 64, 128),

@@ -6,8 +6,9 @@ Each step is one forward over a packed batch `[1, T]`: first `num_decodes` singl
 prefill chunks, each a contiguous span. Per layer the function:
 
   1. writes the step's new K/V into the cache at `slot_mapping`;
-  2. decodes: gathers each decode's blocks ([kv_heads, n, L, D]) and runs one batched matmul-softmax-matmul,
-     with padding past each context length masked out;
+  2. decodes: one batched matmul-softmax-matmul over every decode's context, with padding past each context
+     length masked out. The context is read in place from the decode mirror (decode_mirror.py) when the
+     runner keeps one, or else gathered block by block from the paged cache;
   3. prefills: a first chunk attends to itself causally; a later chunk gathers its earlier blocks too.
 
 The step's metadata travels as the `paged_metadata` keyword of the model's forward, which transformers passes
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from service.engine.decode_mirror import DecodeKVMirror
 from service.engine.kv_cache import KVCache
 
 ATTENTION_NAME = "hfserve_paged"
@@ -38,13 +40,34 @@ class PrefillSpan:
 
 
 @dataclass
+class MirrorDecode:
+    """Decodes read from the mirror: rows 0..num_rows-1, each decode at its request's row."""
+
+    mirror: DecodeKVMirror
+    num_rows: int
+    length: int  # keys attended per row (the longest context, padded)
+    write_index: torch.Tensor  # [num_decodes * kv_heads], see DecodeKVMirror.flat_index
+    context_lens: torch.Tensor  # [num_rows]
+    mask: torch.Tensor  # [num_rows, length], additive
+    # None when decode i sits at row i for every i (the usual case); else the row of each decode.
+    rows: torch.Tensor | None = None
+
+
+@dataclass
+class GatherDecode:
+    """Decodes read by gathering their blocks from the paged cache."""
+
+    block_ids: torch.Tensor  # [num_decodes, max_blocks]
+    context_lens: torch.Tensor  # [num_decodes]
+    mask: torch.Tensor  # [num_decodes, max_blocks * block_size], additive
+
+
+@dataclass
 class AttentionMetadata:
     kv_cache: KVCache
     slot_mapping: torch.Tensor  # [T]
     num_decodes: int = 0
-    decode_block_ids: torch.Tensor | None = None  # [num_decodes, max_blocks]
-    decode_context_lens: torch.Tensor | None = None  # [num_decodes]
-    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, max_blocks * block_size], additive
+    decode: MirrorDecode | GatherDecode | None = None
     prefills: list[PrefillSpan] = field(default_factory=list)
 
 
@@ -62,28 +85,53 @@ def _window_mask(q_pos: torch.Tensor, k_len: int, window: int | None) -> torch.T
     return visible
 
 
-def _decode(
-    meta: AttentionMetadata, layer: int, q: torch.Tensor, scaling: float, window: int | None
-) -> torch.Tensor:
-    """q: [H, n, D] -> [n, H, D]."""
-    assert meta.decode_block_ids is not None
-    assert meta.decode_mask is not None
-    h, n, d = q.shape
-    k_ctx, v_ctx = meta.kv_cache.gather(layer, meta.decode_block_ids)
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """q [..., G, D] against k/v [..., L, D] with an additive mask broadcastable to [..., G, L]."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).to(_score_dtype(q.dtype))
+    scores.mul_(scaling).add_(mask)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v)
+
+
+def _with_window(mask: torch.Tensor, lengths: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Add a sliding window to a decode mask of shape [n, L] (keys older than `window` become -inf)."""
+    if window is None:
+        return mask
+    too_old = torch.arange(mask.shape[-1], device=mask.device)[None, :] <= (lengths - 1 - window)[:, None]
+    return mask.masked_fill(too_old, float("-inf"))
+
+
+def _decode_mirror(d: MirrorDecode, layer: int, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   scaling: float, window: int | None) -> torch.Tensor:
+    """q: [H, n, D], key/value: [KVH, n, D] (the decodes' new tokens) -> [n, H, D]."""
+    h, n, dim = q.shape
+    kvh = key.shape[0]
+    d.mirror.write(layer, d.write_index, key, value)
+    qg = q.view(kvh, h // kvh, n, dim).permute(2, 0, 1, 3)  # [n, KVH, G, D]: head h reads KV head h // G
+    if d.rows is not None:
+        full = qg.new_zeros(d.num_rows, kvh, h // kvh, dim)
+        full[d.rows] = qg
+        qg = full
+    k, v = d.mirror.view(layer, d.num_rows, d.length)
+    mask = _with_window(d.mask, d.context_lens, window)[:, None, None, :]
+    out = _attend(qg, k, v, mask, scaling)  # [rows, KVH, G, D]
+    if d.rows is not None:
+        out = out[d.rows]
+    return out.reshape(n, h, dim)
+
+
+def _decode_gather(meta: AttentionMetadata, d: GatherDecode, layer: int, q: torch.Tensor, scaling: float,
+                   window: int | None) -> torch.Tensor:
+    """q: [H, n, D] -> [n, H, D], reading each decode's blocks out of the paged cache."""
+    h, n, dim = q.shape
+    k_ctx, v_ctx = meta.kv_cache.gather(layer, d.block_ids)
     kvh = k_ctx.shape[0]
-    k_ctx = k_ctx.view(kvh, n, -1, d)
-    v_ctx = v_ctx.view(kvh, n, -1, d)
-    qg = q.view(kvh, h // kvh, n, d).transpose(1, 2)  # [KVH, n, G, D]: head h reads KV head h // G
-    scores = torch.matmul(qg, k_ctx.transpose(-1, -2)).to(_score_dtype(q.dtype))
-    scores.mul_(scaling).add_(meta.decode_mask.unsqueeze(0))
-    if window is not None:
-        assert meta.decode_context_lens is not None
-        lengths = meta.decode_context_lens
-        too_old = torch.arange(scores.shape[-1], device=q.device)[None, :] <= (lengths[:, None] - 1 - window)
-        scores.masked_fill_(too_old[None, :, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(v_ctx.dtype)
-    out = torch.matmul(probs, v_ctx)  # [KVH, n, G, D]
-    return out.permute(1, 0, 2, 3).reshape(n, h, d)
+    k_ctx = k_ctx.view(kvh, n, -1, dim)
+    v_ctx = v_ctx.view(kvh, n, -1, dim)
+    qg = q.view(kvh, h // kvh, n, dim).transpose(1, 2)  # [KVH, n, G, D]
+    mask = _with_window(d.mask, d.context_lens, window)[None, :, None, :]
+    out = _attend(qg, k_ctx, v_ctx, mask, scaling)  # [KVH, n, G, D]
+    return out.permute(1, 0, 2, 3).reshape(n, h, dim)
 
 
 def _prefill(
@@ -142,8 +190,11 @@ def paged_attention_forward(
     _, h, t, d = query.shape
     out = query.new_empty(t, h, d)
     nd = meta.num_decodes
-    if nd:
-        out[:nd] = _decode(meta, layer, query[0, :, :nd], scale, window)
+    if isinstance(meta.decode, MirrorDecode):
+        out[:nd] = _decode_mirror(meta.decode, layer, query[0, :, :nd], key[0, :, :nd], value[0, :, :nd],
+                                  scale, window)
+    elif isinstance(meta.decode, GatherDecode):
+        out[:nd] = _decode_gather(meta, meta.decode, layer, query[0, :, :nd], scale, window)
     for span in meta.prefills:
         out[span.token_start : span.token_end] = _prefill(meta, layer, span, query, key, value, scale, window)
     return out.unsqueeze(0), None

@@ -16,7 +16,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from service.config import CacheConfig, ModelConfig, SchedulerConfig
 from service.engine import attention
-from service.engine.attention import AttentionMetadata, PrefillSpan
+from service.engine.attention import AttentionMetadata, GatherDecode, MirrorDecode, PrefillSpan
+from service.engine.decode_mirror import DecodeKVMirror
 from service.engine.kv_cache import KVCache, KVCacheSpec
 from service.engine.outputs import ModelRunnerOutput, ScheduledChunk, SchedulerOutput, TokenLogprobs
 from service.engine.platform import resolve_device, resolve_dtype
@@ -74,6 +75,12 @@ class ModelRunner:
         self.block_size = cache_config.block_size
         self.num_blocks = self._num_blocks(spec, cache_config, scheduler_config)
         self.kv_cache = KVCache(spec, self.num_blocks, self.block_size)
+        use_mirror = cache_config.decode_mirror
+        if use_mirror is None:
+            use_mirror = self.device.type == "cpu"
+        # Never let the mirror grow past the paged cache's own size.
+        self.mirror = DecodeKVMirror(spec, scheduler_config.max_num_seqs, self.max_model_len,
+                                     memory_limit_bytes=self.kv_cache.nbytes) if use_mirror else None
         self.vocab_size = int(cfg.vocab_size)
         self.sampler = Sampler(self.vocab_size, self.device, model_config.seed)
         self.eos_token_ids = eos_token_ids
@@ -103,6 +110,9 @@ class ModelRunner:
         t0 = time.perf_counter()
         for rid in sched.finished_request_ids:
             self._states.pop(rid, None)
+        if self.mirror is not None:
+            for rid in sched.finished_request_ids + sched.preempted_request_ids:
+                self.mirror.release(rid)
         for new in sched.new_requests:
             gen = None
             if new.sampling_params.seed is not None:
@@ -147,8 +157,10 @@ class ModelRunner:
     def _prepare(self, chunks: tuple[ScheduledChunk, ...]) -> _Batch:
         bs = self.block_size
         dev = self.device
-        decodes = [c for c in chunks if c.num_tokens == 1]
-        prefills = [c for c in chunks if c.num_tokens > 1]
+        # A decode is one token that ends the request's known tokens; a lone token cut out of a longer prompt
+        # by the budget is a (tiny) prefill chunk instead.
+        decodes = [c for c in chunks if c.num_tokens == 1 and c.sample]
+        prefills = [c for c in chunks if not (c.num_tokens == 1 and c.sample)]
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -157,27 +169,16 @@ class ModelRunner:
         sample_rows: list[int] = []
         prompt_lp_rows: dict[str, tuple[int, int, int]] = {}  # rid -> (first row, first position, count)
 
-        for c in decodes:
+        decodes, decode_meta = self._decode_metadata(decodes)
+        for i, c in enumerate(decodes):
             st = self._states[c.request_id]
             input_ids.append(st.token_ids[c.start])
             positions.append(c.start)
             slots.append(c.block_ids[c.start // bs] * bs + c.start % bs)
-        meta = AttentionMetadata(self.kv_cache, torch.empty(0), num_decodes=len(decodes))
-        if decodes:
-            ctx = [c.start + 1 for c in decodes]
-            nblk = -(-max(ctx) // bs)
-            table = [list(c.block_ids[:nblk]) + [0] * (nblk - min(nblk, len(c.block_ids))) for c in decodes]
-            meta.decode_block_ids = torch.tensor(table, dtype=torch.long, device=dev)
-            lens = torch.tensor(ctx, dtype=torch.long, device=dev)
-            meta.decode_context_lens = lens
-            valid = torch.arange(nblk * bs, device=dev)[None, :] < lens[:, None]
-            score_dtype = torch.float32 if self.dtype in (torch.bfloat16, torch.float16) else self.dtype
-            mask = torch.zeros(valid.shape, dtype=score_dtype, device=dev).masked_fill_(~valid, float("-inf"))
-            meta.decode_mask = mask.unsqueeze(1)
-            for i, c in enumerate(decodes):
-                if c.sample:
-                    keep.append(i)
-                    sample_ids.append(c.request_id)
+            if c.sample:
+                keep.append(i)
+                sample_ids.append(c.request_id)
+        meta = AttentionMetadata(self.kv_cache, torch.empty(0), num_decodes=len(decodes), decode=decode_meta)
         for c in prefills:
             st = self._states[c.request_id]
             start_tok = len(input_ids)
@@ -213,6 +214,54 @@ class ModelRunner:
             sample_rows=sample_rows,
             prompt_lp_rows=prompt_lp_rows,
         )
+
+    def _decode_metadata(
+        self, decodes: list[ScheduledChunk]
+    ) -> tuple[list[ScheduledChunk], MirrorDecode | GatherDecode | None]:
+        """How this step's decodes read their context; may reorder them (mirror rows)."""
+        if not decodes:
+            return decodes, None
+        bs, dev = self.block_size, self.device
+        longest = max(c.start + 1 for c in decodes)
+        length = -(-longest // bs) * bs
+        mirror = self.mirror
+        if mirror is not None:
+            new = [c for c in decodes if c.request_id not in mirror.rows]
+            if mirror.ensure_capacity(mirror.num_rows + len(new), length):
+                for c in new:
+                    mirror.assign(c.request_id, self.kv_cache, c.block_ids, c.start)
+                decodes = sorted(decodes, key=lambda c: mirror.rows[c.request_id])
+                rows = [mirror.rows[c.request_id] for c in decodes]
+                for c, row in zip(decodes, rows, strict=True):
+                    mirror.set_length(row, c.start + 1)
+                # Rows not decoding this step (rare) are computed and discarded; any valid length will do.
+                lens = [min(mirror.length(r), length) for r in range(mirror.num_rows)]
+                lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
+                aligned = rows == list(range(mirror.num_rows))
+                return decodes, MirrorDecode(
+                    mirror=mirror,
+                    num_rows=mirror.num_rows,
+                    length=length,
+                    write_index=mirror.flat_index(rows, [c.start for c in decodes]),
+                    context_lens=lens_t,
+                    mask=self._length_mask(lens_t, length),
+                    rows=None if aligned else torch.tensor(rows, dtype=torch.long, device=dev),
+                )
+            mirror.clear()  # over its memory limit: gather this step, refill rows later
+        nblk = length // bs
+        table = [list(c.block_ids[:nblk]) + [0] * (nblk - min(nblk, len(c.block_ids))) for c in decodes]
+        lens_t = torch.tensor([c.start + 1 for c in decodes], dtype=torch.long, device=dev)
+        return decodes, GatherDecode(
+            block_ids=torch.tensor(table, dtype=torch.long, device=dev),
+            context_lens=lens_t,
+            mask=self._length_mask(lens_t, length),
+        )
+
+    def _length_mask(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        """Additive [n, width]: 0 for key positions below each length, -inf past it."""
+        score_dtype = torch.float32 if self.dtype in (torch.bfloat16, torch.float16) else self.dtype
+        past = torch.arange(width, device=self.device)[None, :] >= lengths[:, None]
+        return torch.zeros(past.shape, dtype=score_dtype, device=self.device).masked_fill_(past, float("-inf"))
 
     def _prompt_logprobs(self, batch: _Batch, logits: torch.Tensor) -> dict[str, list[TokenLogprobs | None]]:
         result: dict[str, list[TokenLogprobs | None]] = {}

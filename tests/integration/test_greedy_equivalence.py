@@ -69,6 +69,8 @@ async def generate_all(client, cases, stream: bool) -> list[list[int]]:
         ("default", {}),
         ("chunked-prefill", {"max_num_batched_tokens": 7}),
         ("preemption", {"num_blocks": 40, "block_size": 4}),
+        ("gather-decode", {"decode_mirror": False, "max_num_batched_tokens": 16}),
+        ("tiny-mirror", {"num_blocks": 40, "block_size": 4, "max_num_batched_tokens": 9}),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])
