@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from service.api import chat, completions, embeddings, health, tokenize
+from service import __version__
+from service.api import chat, completions, embeddings, health, openapi, tokenize
 from service.api.context import CONTEXT, ServerContext
 from service.api.errors import error_middleware
 from service.api.middleware import access_log_middleware
@@ -25,6 +26,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     app.router.add_post("/detokenize", tokenize.detokenize)
     app.router.add_get("/health", health.health)
     app.router.add_get("/v1/models", health.list_models)
+    app.router.add_get("/openapi.json", openapi.make_handler(__version__))
     app.cleanup_ctx.append(_engine_lifetime)
     return app
 

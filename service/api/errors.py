@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -25,6 +26,8 @@ from service.errors import (
 
 log = structlog.get_logger("api")
 
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
                         headers=headers)
@@ -37,15 +40,27 @@ def error_response(err: ServiceError) -> web.Response:
     return json_response(err.to_dict(), status=err.status, headers=headers)
 
 
+def _param_path(loc: tuple[int | str, ...]) -> str:
+    """Field path of a pydantic error location, without the union-branch tags pydantic inserts."""
+    return ".".join(str(p) for p in loc if isinstance(p, int) or _FIELD.fullmatch(p))
+
+
 def validation_error(exc: ValidationError) -> BadRequestError:
-    """One readable 400 from pydantic's errors, naming the parameter and never echoing a large value."""
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
-    if "input" in first and first["type"] != "missing":
-        msg = f"{msg} (got {short_repr(first['input'])})"
-    more = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
-    return BadRequestError(f"{loc}: {msg}{more}", param=loc or None)
+    """One readable 400 from pydantic's errors, naming the parameter and never echoing a large value.
+
+    A value that matches no branch of a union (say `prompt`) yields one error per branch; their messages are
+    joined so the client sees what forms were allowed.
+    """
+    errors = exc.errors()
+    param = _param_path(errors[0]["loc"])
+    messages: list[str] = []
+    for e in errors:
+        if _param_path(e["loc"]) == param and e["msg"] not in messages:
+            messages.append(e["msg"])
+    text = "; ".join(messages[:3])
+    if "input" in errors[0] and errors[0]["type"] != "missing":
+        text = f"{text} (got {short_repr(errors[0]['input'])})"
+    return BadRequestError(f"{param or 'body'}: {text}", param=param or None)
 
 
 @web.middleware

@@ -8,19 +8,19 @@ from aiohttp import web
 
 from service.api.context import CONTEXT
 from service.api.errors import json_response, read_json_object
-from service.api.schemas.tokenize import DetokenizeRequest, TokenizeRequest
+from service.api.schemas.tokenize import DetokenizeRequest, TokenizeChatRequest, TokenizeRequest
 from service.errors import BadRequestError
 
 
 async def tokenize(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    req = TokenizeRequest.model_validate(await read_json_object(request))
+    req = TokenizeRequest.model_validate(await read_json_object(request)).root
     ctx.check_model(req.model)
-    if req.messages is not None:
+    if isinstance(req, TokenizeChatRequest):
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         tokens = await ctx.tokenizer.encode_chat(messages, req.add_generation_prompt, req.chat_template_kwargs)
     else:
-        tokens = await ctx.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
+        tokens = await ctx.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
     body: dict[str, Any] = {"tokens": tokens, "count": len(tokens), "max_model_len": ctx.engine.max_model_len}
     if req.return_token_strs:
         body["token_strs"] = [ctx.tokenizer.token_text(t) for t in tokens]

@@ -19,17 +19,24 @@ MAX_STOP_STRING_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
 
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
+# Request models validate strictly: JSON `true` is not the integer 1, and "0.5" is not a number. Unknown fields
+# are ignored, as OpenAI's clients sometimes send newer ones.
+STRICT = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     include_usage: bool = False
 
 
 class SamplingFields(BaseModel):
     """Everything that shapes generation. Ranges follow OpenAI's API, plus vLLM's extra parameters."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     model: str | None = Field(None, description="Served model name; defaults to the only model served.")
     max_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most.")

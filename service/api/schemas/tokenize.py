@@ -4,34 +4,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, RootModel
 
 from service.api.schemas.chat import ChatMessage
-from service.api.schemas.sampling import TokenId
+from service.api.schemas.sampling import STRICT, TokenId
 
 MAX_DETOKENIZE_TOKENS = 1_000_000
 
 
-class TokenizeRequest(BaseModel):
-    """Either `prompt` (text) or `messages` (rendered with the chat template)."""
-
-    model_config = ConfigDict(extra="ignore")
+class TokenizeTextRequest(BaseModel):
+    model_config = STRICT
     model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    prompt: str
     add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(BaseModel):
+    """Messages are rendered with the chat template, then tokenized."""
+
+    model_config = STRICT
+    model: str | None = None
+    messages: list[ChatMessage] = Field(..., min_length=1)
     add_generation_prompt: bool = True
     return_token_strs: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
 
-    @model_validator(mode="after")
-    def _one_input(self) -> TokenizeRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of prompt or messages")
-        return self
+
+class TokenizeRequest(RootModel[TokenizeTextRequest | TokenizeChatRequest]):
+    """Either `prompt` (text) or `messages` (chat)."""
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     model: str | None = None
     tokens: list[TokenId] = Field(..., max_length=MAX_DETOKENIZE_TOKENS)
