@@ -39,5 +39,24 @@ test: install lint
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
+# The standard workload of the core issue (see loadtest/compare.py); BENCH_ARGS adds or overrides flags,
+# e.g. `make bench-compare BENCH_ARGS="--num-prompts 16"` for a smoke run.
+PEER_VENV ?= .venv-peer
+BENCH_ARGS ?=
+
+bench: install model
+	$(BIN)/python -m loadtest.compare --servers hfserve --model-dir $(MODEL) $(BENCH_ARGS)
+
+# transformers serve gets its own venv, at the transformers version of ours; torch is pinned first for the CPU wheel.
+$(PEER_VENV)/bin/transformers: | $(STAMP)
+	$(PY) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(PEER_VENV)/bin/python -m pip install --quiet \
+		"transformers[serving]==$$($(BIN)/python -c 'import transformers; print(transformers.__version__)')"
+
+bench-compare: install model $(PEER_VENV)/bin/transformers
+	$(BIN)/python -m loadtest.compare --servers hfserve,transformers,static --model-dir $(MODEL) \
+		--peer-venv $(PEER_VENV) --out docs/benchmarks.md $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) models build *.egg-info
