@@ -12,6 +12,7 @@ from service.embeddings.service import EmbeddingService
 from service.engine.async_engine import AsyncEngine
 from service.engine.tokenizer import Tokenizer
 from service.errors import NotFoundError, short_repr
+from service.metrics import Metrics
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ServerContext:
 
 
 CONTEXT = web.AppKey("context", ServerContext)
+METRICS = web.AppKey("metrics", Metrics)
 
 # Per-request values the access log reads after the handler ran.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from service.api.context import ERROR_TYPE
+from service.api.context import CONTEXT, ERROR_TYPE
 from service.errors import (
     BadRequestError,
     MethodNotAllowedError,
@@ -27,6 +27,8 @@ from service.errors import (
 log = structlog.get_logger("api")
 
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+# Statuses counted as `rejected{reason="invalid"}`; 429 and 408 are counted by the engine itself.
+_INVALID_STATUSES = frozenset({400, 404, 405, 413, 415, 422})
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
@@ -81,6 +83,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if name in exc.headers:
                 resp.headers[name] = exc.headers[name]
         return resp
+    except ConnectionResetError:
+        raise  # the client is gone; there is nobody to answer (the access log records 499)
     except Exception:  # the client gets a JSON 500, the log gets the traceback
         log.exception("unhandled error", path=request.path)
         return _client_error(request, ServiceError("Internal server error."))
@@ -88,6 +92,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def _client_error(request: web.Request, err: ServiceError) -> web.Response:
     request[ERROR_TYPE] = err.type
+    if err.status in _INVALID_STATUSES and CONTEXT in request.app:
+        request.app[CONTEXT].engine.record_rejection("invalid")
     return error_response(err)
 
 

@@ -30,6 +30,7 @@ async def submitted(
     differ but each is reproducible.
     """
     handles: list[RequestHandle] = []
+    client_gone = False
     try:
         for i, ids in enumerate(prompts):
             for j in range(fields.n):
@@ -40,10 +41,17 @@ async def submitted(
                     want_prompt_logprobs=want_prompt_logprobs,
                 ))
         yield handles
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The handler is cancelled when the client disconnects (handler_cancellation), or a write to the
+        # closed stream fails: either way nobody is listening any more.
+        client_gone = True
+        raise
     finally:
-        for h in handles:
-            if not h.future.done():
-                ctx.engine.abort(h.request_id)
+        unfinished = [h for h in handles if ctx.engine.is_live(h.request_id)]
+        if client_gone and unfinished:
+            ctx.engine.stats.client_disconnects += 1
+        for h in unfinished:
+            ctx.engine.abort(h.request_id)
 
 
 async def gather_results(handles: list[RequestHandle]) -> list[RequestResult]:

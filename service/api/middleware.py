@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import structlog
 from aiohttp import web
@@ -20,9 +21,13 @@ CLIENT_REQUEST_ID_HEADER = "X-Request-Id"
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     t0 = time.perf_counter()
     status = 500
+    # Server-generated; generation handlers replace it with their response id (cmpl-..., chatcmpl-...).
+    request[REQUEST_ID] = f"req-{uuid.uuid4().hex[:16]}"
     try:
         response = await handler(request)
         status = response.status
+        if not response.prepared:
+            response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
         return response
     except BaseException:
         status = 499 if request.transport is None or request.transport.is_closing() else 500

@@ -86,6 +86,15 @@ def build_openapi(version: str) -> dict[str, Any]:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": {"$ref": REF.format(model=req.__name__)}}}}
         paths.setdefault(path, {})[method] = op
+    paths["/metrics"] = {"get": {
+        "summary": "Prometheus metrics",
+        "operationId": "get_metrics",
+        "responses": {
+            "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "401": {"description": _DESCRIPTIONS[401], "content": {"application/json": {
+                "schema": {"$ref": REF.format(model="ErrorResponse")}}}},
+        },
+    }}
     return {
         "openapi": "3.1.0",
         "info": {"title": "hfserve", "version": version,

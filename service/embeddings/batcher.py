@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -51,6 +52,8 @@ class EmbeddingBatcher:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-step")
         self._task: asyncio.Task[None] | None = None
+        # Observers (metrics) called with (batch size, seconds) after each batch.
+        self.on_batch: list[Callable[[int, float], None]] = []
 
     @property
     def queue_len(self) -> int:
@@ -120,10 +123,13 @@ class EmbeddingBatcher:
             for item, vec in zip(batch, vectors, strict=True):
                 if not item.future.done():
                     item.future.set_result(vec)
+            elapsed = time.monotonic() - t0
             self.stats.batches += 1
             self.stats.inputs += len(batch)
             self.stats.last_batch_size = len(batch)
-            self.stats.last_batch_latency_s = time.monotonic() - t0
+            self.stats.last_batch_latency_s = elapsed
+            for hook in self.on_batch:
+                hook(len(batch), elapsed)
 
     async def _wait_for_batch(self) -> None:
         deadline = self._queue[0].enqueued + self.batch_wait_timeout_s

@@ -83,7 +83,8 @@ class RequestHandle:
     stream: OutputStream | None
 
     async def result(self) -> RequestResult:
-        return await self.future
+        # Shielded: a caller that is cancelled must not cancel the engine's future; the engine resolves it.
+        return await asyncio.shield(self.future)
 
 
 @dataclass(slots=True)
@@ -96,9 +97,40 @@ class EngineStats:
     requests_rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    client_disconnects: int = 0
     last_step_time_s: float = 0.0
     last_step_tokens: int = 0
     last_step_batch_size: int = 0
+
+
+class _StepWindow:
+    """Aggregates steps between two debug log lines."""
+
+    INTERVAL_S = 1.0
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._start = time.monotonic()
+        self._steps = 0
+        self._tokens = 0
+        self._busy_s = 0.0
+
+    def add(self, sched: SchedulerOutput, elapsed: float) -> None:
+        self._steps += 1
+        self._tokens += sched.num_batched_tokens
+        self._busy_s += elapsed
+
+    def due(self) -> bool:
+        return time.monotonic() - self._start >= self.INTERVAL_S
+
+    def flush(self) -> dict[str, float]:
+        window = time.monotonic() - self._start
+        summary = {"steps": self._steps, "tokens": self._tokens, "window_s": round(window, 3),
+                   "busy_frac": round(self._busy_s / window, 3) if window else 0.0}
+        self._reset()
+        return summary
 
 
 def _retrieve_exception(fut: asyncio.Future[RequestResult]) -> None:
@@ -131,6 +163,7 @@ class AsyncEngine:
         self.draining = False
         self.step_in_flight_since: float | None = None
         self.last_heartbeat = time.monotonic()
+        self._debug_window = _StepWindow()
         # Hooks for observers (metrics, access logs): called with the request and its result when it ends.
         self.on_request_finished: list[Callable[[Request, RequestResult], None]] = []
         self.on_step: list[Callable[[SchedulerOutput, ModelRunnerOutput, float], None]] = []
@@ -160,6 +193,9 @@ class AsyncEngine:
     @property
     def num_live(self) -> int:
         return len(self._live)
+
+    def is_live(self, request_id: str) -> bool:
+        return request_id in self._live
 
     async def wait_idle(self) -> None:
         """Wait until no request is live (graceful drain; the caller bounds the wait)."""
@@ -234,11 +270,15 @@ class AsyncEngine:
                 f"waiting (limit {cfg.max_queued_tokens}). Retry later."
             )
 
+    def record_rejection(self, reason: str) -> None:
+        """Count a request refused before it ran (overloaded, invalid, timeout)."""
+        self._reject(reason)
+
     def _reject(self, reason: str) -> None:
         self.stats.requests_rejected[reason] = self.stats.requests_rejected.get(reason, 0) + 1
 
     def abort(self, request_id: str) -> bool:
-        """End a request now (client gone). Its blocks are freed; the runner forgets it at the next step."""
+        """End a request now. Its blocks are freed; the runner forgets it at the next step."""
         if request_id not in self._live:
             return False
         self.scheduler.finish_request(request_id, RequestStatus.FINISHED_ABORTED)
@@ -320,6 +360,11 @@ class AsyncEngine:
     def _record_step(self, sched: SchedulerOutput, out: ModelRunnerOutput, elapsed: float) -> None:
         s = self.stats
         s.steps += 1
+        self._debug_window.add(sched, elapsed)
+        if self._debug_window.due():
+            # At most one debug line per second, summarising the steps since the last one: readable at any load.
+            log.debug("engine steps", **self._debug_window.flush(), running=self.scheduler.num_running,
+                      waiting=self.scheduler.num_waiting, kv_usage=round(self.block_manager.usage, 3))
         s.last_step_time_s = elapsed
         s.last_step_tokens = sched.num_batched_tokens
         s.last_step_batch_size = len(sched.chunks)

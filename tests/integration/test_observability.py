@@ -1,0 +1,81 @@
+"""A scrape after known traffic shows the right counts; every request gets one access-log line."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.api.context import CONTEXT
+
+
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def test_metrics_count_known_traffic(make_client):
+    client = await make_client(embeddings=True)
+    engine = client.app[CONTEXT].engine
+    for _ in range(3):
+        resp = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4, "ignore_eos": True})
+        assert resp.status == 200
+    assert (await client.post("/v1/completions", json={"prompt": "x", "temperature": 9})).status == 400
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url("/v1/completions"),
+                                  json={"prompt": "x", "max_tokens": 400, "ignore_eos": True, "stream": True})
+        await resp.content.readline()
+        resp.close()
+    while engine.num_live:
+        await asyncio.sleep(0.01)
+    assert (await client.post("/v1/embeddings", json={"input": ["a", "b"]})).status == 200
+
+    m = scrape(await (await client.get("/metrics")).text())
+    assert m[("hfserve:request_success_total", (("finished_reason", "length"),))] == 3
+    assert m[("hfserve:request_success_total", (("finished_reason", "abort"),))] == 1
+    assert m[("hfserve:num_requests_rejected_total", (("reason", "invalid"),))] == 1
+    assert m[("hfserve:num_client_disconnects_total", ())] == 1
+    assert m[("hfserve:num_requests_running", ())] == 0
+    assert m[("hfserve:num_requests_waiting", ())] == 0
+    assert m[("hfserve:kv_cache_usage_perc", ())] == 0
+    assert m[("hfserve:e2e_request_latency_seconds_count", ())] == 4
+    assert m[("hfserve:time_to_first_token_seconds_count", ())] == 4
+    assert m[("hfserve:time_per_output_token_seconds_count", ())] >= 3
+    assert m[("hfserve:generation_tokens_total", ())] >= 13
+    assert m[("hfserve:prompt_tokens_total", ())] > 0
+    assert m[("hfserve:iteration_tokens_total_count", ())] == engine.stats.steps
+    assert m[("hfserve:embedding_inputs_total", ())] == 2
+    assert m[("hfserve:embedding_batch_size_sum", ())] == 2
+    assert m[("hfserve:engine_healthy", ())] == 1
+
+
+async def test_prefix_cache_counters(make_client):
+    client = await make_client(block_size=4)
+    prompt = list(range(10, 50))
+    for _ in range(2):
+        assert (await client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 2})).status == 200
+    m = scrape(await (await client.get("/metrics")).text())
+    assert m[("hfserve:prefix_cache_queries_total", ())] == 80
+    assert m[("hfserve:prefix_cache_hits_total", ())] == 36  # 9 full blocks of the second prompt
+
+
+async def test_one_access_log_line_per_request(make_client):
+    client = await make_client()
+    with structlog.testing.capture_logs() as logs:
+        await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3},
+                          headers={"X-Request-Id": "mine-123"})
+        await client.get("/health")
+    lines = [e for e in logs if e["event"] == "request"]
+    assert len(lines) == 2
+    gen = next(e for e in lines if e["path"] == "/v1/completions")
+    assert gen["status"] == 200
+    assert gen["request_id"].startswith("cmpl-")
+    assert gen["client_request_id"] == "mine-123"
+    assert gen["completion_tokens"] == 3
+    assert gen["prompt_tokens"] >= 1
+    assert gen["duration_ms"] > 0
