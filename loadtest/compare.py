@@ -145,12 +145,46 @@ async def bench_one(peer: Peer, port: int, args: argparse.Namespace, log_dir: Pa
                 "--result-dir", str(log_dir), "--result-filename", f"{peer.name}.json"]
         if args.disable_tqdm:
             argv.append("--disable-tqdm")
+        meter = CpuMeter(proc.pid)
         (result,) = await async_main(argv)
+        other_cpu = meter.other_cores()
     finally:
         stop(proc)
     result["peer"] = {"name": peer.name, "description": peer.description, "server_command": peer.command,
-                      "harness_args": argv}
+                      "harness_args": argv,
+                      "other_cpu_cores": other_cpu}
     return result
+
+
+class CpuMeter:
+    """How much CPU everything except the server process and this one used since construction (Linux /proc)."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float, float] | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            stat = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = (sum(fields) - fields[3] - fields[4]) / self.hz  # all but idle and iowait
+        server = (int(stat[11]) + int(stat[12])) / self.hz  # utime + stime
+        own = os.times()
+        return time.monotonic(), busy, server, own.user + own.system
+
+    def other_cores(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None or end[0] <= self.start[0]:
+            return None
+        wall, busy, server, own = (e - s for e, s in zip(end, self.start, strict=True))
+        return max(busy - server - own, 0.0) / wall
+
+
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _ms(r: dict[str, Any], key: str) -> str:
@@ -160,12 +194,13 @@ def _ms(r: dict[str, Any], key: str) -> str:
 
 def results_table(results: list[dict[str, Any]]) -> str:
     lines = ["| server | completed | failed | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) "
-             "| ITL p99 (ms) | E2EL p50 (ms) | duration (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| ITL p99 (ms) | E2EL p50 (ms) | duration (s) | other CPU (cores) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['peer']['name']} | {r['completed']} | {r['failed']} | {r['output_throughput']:,.1f} | "
                      f"{_ms(r, 'p50_ttft_ms')} | {_ms(r, 'p99_ttft_ms')} | {_ms(r, 'p50_itl_ms')} | "
-                     f"{_ms(r, 'p99_itl_ms')} | {_ms(r, 'p50_e2el_ms')} | {r['duration']:.2f} |")
+                     f"{_ms(r, 'p99_itl_ms')} | {_ms(r, 'p50_e2el_ms')} | {r['duration']:.2f} | "
+                     f"{_cores(r['peer']['other_cpu_cores'])} |")
     return "\n".join(lines)
 
 
@@ -223,6 +258,10 @@ def render_markdown(results: list[dict[str, Any]], args: argparse.Namespace, pyt
         "## Results",
         "",
         results_table(results),
+        "",
+        f"*other CPU*: cores' worth of CPU time that processes other than the server and the harness used while "
+        f"the load ran (from /proc; the machine has {os.cpu_count()}). Well above zero, other work shared the CPU "
+        "and that row's numbers are not comparable with the others.",
         "",
         "## Commands",
         "",
