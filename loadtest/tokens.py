@@ -36,18 +36,23 @@ async def count_many(counter: TokenCounter, texts: list[str], add_special_tokens
 class RemoteTokenizer:
     """vLLM's `POST /tokenize` shape: {"model", "prompt"} in; {"count"} or {"tokens"} out."""
 
-    def __init__(self, session: aiohttp.ClientSession, target: TargetConfig, model: str | None) -> None:
+    def __init__(self, session: aiohttp.ClientSession, target: TargetConfig, model: str | None,
+                 close_connection: bool = False) -> None:
         self._session = session
         self._target = target
         self._model = model
+        self._close = close_connection
         self.source = "server /tokenize"
 
     async def count(self, text: str, add_special_tokens: bool = True) -> int:
         body: dict[str, Any] = {"prompt": text, "add_special_tokens": add_special_tokens}
         if self._model is not None:
             body["model"] = self._model
+        headers = self._target.http_headers()
+        if self._close:
+            headers = {**headers, "Connection": "close"}
         async with self._session.post(self._target.url("/tokenize"), data=orjson.dumps(body),
-                                      headers=self._target.http_headers()) as resp:
+                                      headers=headers) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"/tokenize answered {resp.status}: {(await resp.text())[:200]}")
             payload = orjson.loads(await resp.read())
@@ -87,13 +92,16 @@ def _load_encoder(path: str) -> Any:
 
 async def probe_remote(session: aiohttp.ClientSession, target: TargetConfig,
                        model: str | None) -> RemoteTokenizer | None:
-    """The target's /tokenize if it answers sensibly, else None."""
-    remote = RemoteTokenizer(session, target, model)
+    """The target's /tokenize if it answers sensibly, else None.
+
+    The probe asks for its connection to be closed: some servers (uvicorn behind `transformers serve`) drop a
+    keep-alive connection after a 404, and the next request on it would then fail.
+    """
     try:
-        n = await remote.count("hello world")
+        n = await RemoteTokenizer(session, target, model, close_connection=True).count("hello world")
     except (aiohttp.ClientError, RuntimeError, ValueError, TimeoutError):
         return None
-    return remote if n > 0 else None
+    return RemoteTokenizer(session, target, model) if n > 0 else None
 
 
 async def resolve_counter(session: aiohttp.ClientSession, target: TargetConfig, model: str | None,

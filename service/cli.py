@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-model-len", type=int, default=None, help="Context length; default: the model's.")
     m.add_argument("--seed", type=int, default=0, help="Seed for unseeded sampling.")
     m.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the tokenizer's.")
+    m.add_argument("--packed-linear", action=argparse.BooleanOptionalAction, default=None,
+                   help="CPU: run linear layers through oneDNN with prepacked weights (default: on where "
+                        "supported; doubles weight memory).")
 
     e = p.add_argument_group("embeddings")
     e.add_argument("--embedding-model", default="default",
@@ -89,6 +92,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerCon
             max_model_len=args.max_model_len,
             seed=args.seed,
             chat_template=args.chat_template,
+            packed_linear=args.packed_linear,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

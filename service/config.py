@@ -20,6 +20,9 @@ class ModelConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     seed: int = 0
     chat_template: str | None = None  # path to a Jinja template overriding the tokenizer's
+    # Run linear layers through oneDNN with prepacked weights (packed_linear.py). None: where supported
+    # (CPU, fp32/bf16).
+    packed_linear: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.dtype in ("auto", "float32", "bfloat16", "float16", "float64"),

@@ -20,6 +20,7 @@ from service.engine.attention import AttentionMetadata, GatherDecode, MirrorDeco
 from service.engine.decode_mirror import DecodeKVMirror
 from service.engine.kv_cache import KVCache, KVCacheSpec
 from service.engine.outputs import ModelRunnerOutput, ScheduledChunk, SchedulerOutput, TokenLogprobs
+from service.engine.packed_linear import pack_linear_layers, packing_supported
 from service.engine.platform import resolve_device, resolve_dtype
 from service.engine.sampler import Sampler, SamplingState
 
@@ -63,6 +64,10 @@ class ModelRunner:
         )
         self.model.to(self.device)  # type: ignore[arg-type]
         self.model.eval()
+        use_packing = model_config.packed_linear
+        if use_packing is None:
+            use_packing = packing_supported(self.device, self.dtype)
+        self.num_packed_linear = pack_linear_layers(self.model) if use_packing else 0
         cfg = text_config(self.model.config)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         spec = KVCacheSpec(

@@ -1,0 +1,53 @@
+"""Linear layers with weights prepacked for oneDNN, for CPU decode steps.
+
+A decode step multiplies a few dozen rows by every weight matrix. At that size MKL's GEMM spends much of its
+time repacking the weight on every call; oneDNN with a weight reordered once at load skips that (measured
+here: ~15-40% faster per layer at 32 rows, ~2x on the vocabulary projection). For wide inputs (long prefill
+chunks) the plain GEMM is as fast or faster, so each call picks by its row count. The original weight is kept
+for that path, which doubles the memory of the weights: the price of the faster decode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Row counts up to this use the packed weight; wider inputs use the plain GEMM.
+PACKED_MAX_ROWS = 128
+# The batch size oneDNN is told to expect when it lays out the weight (a hint; any row count works).
+PACK_HINT_ROWS = 32
+
+
+class PackedLinear(nn.Module):
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_HINT_ROWS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // self.in_features <= PACKED_MAX_ROWS:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    return (
+        device.type == "cpu"
+        and dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+def pack_linear_layers(model: nn.Module) -> int:
+    """Swap every nn.Linear of `model` for a PackedLinear in place; returns how many were swapped."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear:
+                setattr(module, name, PackedLinear(child))
+                swapped += 1
+    return swapped
