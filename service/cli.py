@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-wait-min-requests", type=int, default=1)
     s.add_argument("--max-queued-requests", type=int, default=1024,
                    help="Waiting requests beyond which new ones get 429.")
+    s.add_argument("--overlap-output-processing", action=argparse.BooleanOptionalAction, default=True,
+                   help="Start the next model step before streaming the last one's outputs.")
     s.add_argument("--max-queued-tokens", type=int, default=None,
                    help="Waiting prompt tokens beyond which new requests get 429.")
 
@@ -110,6 +112,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerCon
             batch_wait_min_requests=args.batch_wait_min_requests,
             max_queued_requests=args.max_queued_requests,
             max_queued_tokens=args.max_queued_tokens,
+            overlap_output_processing=args.overlap_output_processing,
         ),
     )
     server = ServerConfig(

@@ -68,6 +68,8 @@ class SchedulerConfig:
     batch_wait_min_requests: int = 1
     max_queued_requests: int | None = None
     max_queued_tokens: int | None = None
+    # Submit step k+1 before detokenizing and streaming step k's outputs, so the model does not wait on them.
+    overlap_output_processing: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, f"max_num_seqs={self.max_num_seqs}: must be positive")

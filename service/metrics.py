@@ -45,6 +45,9 @@ class _EngineCollector(Collector):
         yield _counter("num_client_disconnects", "Requests aborted because the client went away.",
                        s.client_disconnects)
         yield _counter("engine_step_failures", "Model steps that raised.", s.step_failures)
+        yield _counter("step_idle_gap_seconds", "Model idle time between consecutive steps, summed.",
+                       s.step_gap_total_s)
+        yield _counter("step_idle_gaps", "Consecutive step pairs measured for step_idle_gap_seconds.", s.step_gaps)
         yield _labelled_counter("request_success", "Finished requests by finish reason.", "finished_reason",
                                 s.requests_finished)
         yield _labelled_counter("num_requests_rejected", "Requests refused at admission, by reason.", "reason",

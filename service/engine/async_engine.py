@@ -101,6 +101,24 @@ class EngineStats:
     last_step_time_s: float = 0.0
     last_step_tokens: int = 0
     last_step_batch_size: int = 0
+    # Model idle time between consecutive steps (previous step returned -> next one submitted).
+    step_gaps: int = 0
+    step_gap_total_s: float = 0.0
+
+    def record_gap(self, seconds: float) -> None:
+        self.step_gaps += 1
+        self.step_gap_total_s += max(seconds, 0.0)
+
+    @property
+    def mean_step_gap_s(self) -> float:
+        return self.step_gap_total_s / self.step_gaps if self.step_gaps else 0.0
+
+
+@dataclass(slots=True)
+class _InFlight:
+    sched: SchedulerOutput
+    future: asyncio.Future[ModelRunnerOutput]
+    submitted_at: float
 
 
 class _StepWindow:
@@ -287,50 +305,55 @@ class AsyncEngine:
 
     # ---- the batch loop ------------------------------------------------------------------------------------
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Overlapped loop: as soon as step k returns, its bookkeeping is applied and step k+1 is scheduled and
+        submitted; only then are k's outputs detokenized and streamed, while k+1 runs. A request that a stop
+        string ends during that window is still computed in k+1, and that result is dropped."""
+        in_flight: _InFlight | None = None
         while True:
             try:
                 self.last_heartbeat = time.monotonic()
-                if not self.scheduler.has_unfinished():
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
+                if in_flight is None:
+                    if not self.scheduler.has_unfinished():
+                        self._wake.clear()
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                        except TimeoutError:
+                            pass
+                        continue
+                    await self._gather_batch()
+                    self._expire_deadlines()
+                    in_flight = self._submit(self.scheduler.schedule())
+                    if in_flight is None:
+                        # Nothing could be scheduled (waiting for room a finishing request will make).
+                        self._wake.clear()
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), timeout=0.01)
+                        except TimeoutError:
+                            pass
                     continue
-                await self._gather_batch()
-                self._expire_deadlines()
-                sched = self.scheduler.schedule()
-                if sched.is_empty:
-                    # Nothing could be scheduled (the queue is waiting for room that a finishing request will
-                    # make); yield instead of spinning.
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=0.01)
-                    except TimeoutError:
-                        pass
-                    continue
-                t0 = time.monotonic()
+                step, in_flight = in_flight, None
                 try:
-                    pending = loop.run_in_executor(self._executor, self.runner.execute, sched)
-                except RuntimeError as exc:  # the executor refuses work: it has been shut down
-                    for request in self.scheduler.fail_step(sched):
-                        self._finish_live(request.request_id, error=EngineDeadError(str(exc)))
-                    self._declare_dead(f"the model executor is gone ({exc})")
-                    return
-                self.step_in_flight_since = t0
-                try:
-                    out = await pending
+                    out = await step.future
                 except Exception as exc:  # noqa: BLE001 -- any model error fails this step, not the server
-                    self._on_step_failure(sched, exc)
-                    continue
-                finally:
                     self.step_in_flight_since = None
+                    self._on_step_failure(step.sched, exc)
+                    continue
                 self._consecutive_failures = 0
-                elapsed = time.monotonic() - t0
-                updates = self.scheduler.update_from_output(sched, out)
+                updates = self.scheduler.update_from_output(step.sched, out)
+                self._record_step(step.sched, out, out.finished_at - step.submitted_at)
+                if self.dead_reason is not None:
+                    return
+                if not self.config.scheduler.overlap_output_processing:
+                    self._process_updates(updates)
+                    updates = []
+                self._expire_deadlines()
+                if self.scheduler.has_unfinished():
+                    in_flight = self._submit(self.scheduler.schedule())
+                if in_flight is not None:
+                    self.stats.record_gap(in_flight.submitted_at - out.finished_at)
+                else:
+                    self.step_in_flight_since = None
                 self._process_updates(updates)
-                self._record_step(sched, out, elapsed)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -340,6 +363,21 @@ class AsyncEngine:
                 if self._consecutive_failures >= self.config.max_consecutive_step_failures:
                     self._declare_dead(f"repeated internal errors, last: {exc}")
                     return
+
+    def _submit(self, sched: SchedulerOutput) -> _InFlight | None:
+        """Hand a step to the executor thread; None if the step is empty or the executor is gone."""
+        if sched.is_empty:
+            return None
+        now = time.monotonic()
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, self.runner.execute, sched)
+        except RuntimeError as exc:  # the executor refuses work: it has been shut down
+            for request in self.scheduler.fail_step(sched):
+                self._finish_live(request.request_id, error=EngineDeadError(str(exc)))
+            self._declare_dead(f"the model executor is gone ({exc})")
+            return None
+        self.step_in_flight_since = now
+        return _InFlight(sched, future, now)
 
     async def _gather_batch(self) -> None:
         """MAX-serve-style batch timeout: when idle and few requests wait, wait a little for more."""

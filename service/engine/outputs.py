@@ -5,7 +5,8 @@ They hold plain Python values only, so the runner (in its executor thread) never
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from service.engine.sampling_params import SamplingParams
 
@@ -68,3 +69,5 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, list[TokenLogprobs | None]]
     # Wall-clock seconds the forward and sampling took in the runner thread.
     execute_time_s: float = 0.0
+    # time.monotonic() when the runner finished the step.
+    finished_at: float = field(default_factory=time.monotonic)
