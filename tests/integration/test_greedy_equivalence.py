@@ -91,3 +91,36 @@ async def test_greedy_matches_hf_generate(make_client, cases, label, engine_kw, 
     if label == "preemption":
         assert engine.scheduler.num_preemptions_total > 0, "the small cache forced no preemption"
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+@pytest.fixture(scope="module")
+def shared_prefix_cases(tiny_model_dir) -> list[tuple[list[int], int, list[int]]]:
+    """Prompts built from three long common prefixes with different tails, so most blocks are shared."""
+    tok = Tokenizer(str(tiny_model_dir))
+    source = "".join(f.read_text() for f in corpus_files()[:10])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    prefixes = [tok.encode_now(source[i : i + 400])[:48] for i in (1000, 9000, 20000)]
+    out = []
+    for i in range(12):
+        tail = tok.encode_now(source[30000 + 37 * i : 30000 + 37 * i + 30])[: 1 + i % 7]
+        ids = prefixes[i % 3] + tail
+        with torch.no_grad():
+            gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=16,
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+        out.append((ids, 16, gen[0, len(ids):].tolist()))
+    return out
+
+
+@pytest.mark.parametrize("engine_kw", [{}, {"num_blocks": 48, "max_num_batched_tokens": 24}],
+                         ids=["roomy", "tight-cache-chunked"])
+async def test_prefix_cache_hits_stay_token_identical(make_client, shared_prefix_cases, engine_kw):
+    client = await make_client(block_size=4, **engine_kw)
+    engine = client.app[CONTEXT].engine
+    first = await generate_all(client, shared_prefix_cases[:3], stream=False)  # warms the cache
+    rest = await generate_all(client, shared_prefix_cases[3:], stream=True)
+    for i, (g, (_, _, expected)) in enumerate(zip(first + rest, shared_prefix_cases, strict=True)):
+        assert g == expected, f"prompt {i} diverged"
+    stats = engine.block_manager.stats
+    assert stats.hits >= 9 * 40, f"expected most of each shared 48-token prefix to hit, got {stats.hits}"
+    engine.block_manager.check_invariants()

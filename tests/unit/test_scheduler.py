@@ -160,3 +160,17 @@ def test_priority_aging_lets_an_old_low_priority_request_run():
     s.add_request(old_low)
     out = s.schedule()
     assert out.chunks[0].request_id == old_low.request_id
+
+
+def test_priority_preemption_takes_the_least_urgent_running_request():
+    # 6 blocks of 4; each request holds 2 blocks after its 8-token prompt and needs a third to decode past 12.
+    s = make_scheduler(num_blocks=6, block_size=4, policy="priority", aging_s=1e6, max_num_batched_tokens=64)
+    urgent = make_request(8, max_tokens=8, priority=0, arrival=0.0)
+    lazy = make_request(8, max_tokens=8, priority=9, arrival=1.0)
+    middle = make_request(8, max_tokens=8, priority=3, arrival=2.0)
+    for r in (urgent, lazy, middle):
+        s.add_request(r)
+    steps = run_to_completion(s)
+    preempted = [rid for st in steps for rid in st.preempted_request_ids]
+    assert preempted[0] == lazy.request_id
+    assert all(r.status == RequestStatus.FINISHED_LENGTH for r in (urgent, lazy, middle))
