@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -27,11 +27,13 @@ import structlog
 from service.config import EngineConfig
 from service.engine.block_manager import BlockManager
 from service.engine.detokenizer import Detokenizer
-from service.engine.output_stream import OutputStream, RequestDelta, RequestResult
-from service.engine.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
+from service.engine.engine_stats import EngineStats, StepWindow
+from service.engine.output_processor import LiveRequest, OutputProcessor
+from service.engine.output_stream import OutputStream, RequestResult
+from service.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from service.engine.request import Request, RequestStatus
 from service.engine.sampling_params import SamplingParams
-from service.engine.scheduler import RequestUpdate, Scheduler
+from service.engine.scheduler import Scheduler
 from service.engine.stop_strings import StopStringMatcher
 from service.errors import (
     BadRequestError,
@@ -62,21 +64,6 @@ class TokenizerLike(Protocol):
 
 
 @dataclass(slots=True)
-class _Live:
-    """Loop-side state of a request that has not resolved yet."""
-
-    request: Request
-    future: asyncio.Future[RequestResult]
-    stream: OutputStream | None
-    detok: Detokenizer
-    stops: StopStringMatcher
-    deadline: float | None
-    text: list[str] = field(default_factory=list)
-    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
-    prompt_logprobs: list[TokenLogprobs | None] | None = None
-
-
-@dataclass(slots=True)
 class RequestHandle:
     request_id: str
     future: asyncio.Future[RequestResult]
@@ -88,67 +75,10 @@ class RequestHandle:
 
 
 @dataclass(slots=True)
-class EngineStats:
-    """Counters the metrics endpoint and the tests read. Updated on the loop thread only."""
-
-    steps: int = 0
-    step_failures: int = 0
-    requests_finished: dict[str, int] = field(default_factory=dict)  # finish reason -> count
-    requests_rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    client_disconnects: int = 0
-    last_step_time_s: float = 0.0
-    last_step_tokens: int = 0
-    last_step_batch_size: int = 0
-    # Model idle time between consecutive steps (previous step returned -> next one submitted).
-    step_gaps: int = 0
-    step_gap_total_s: float = 0.0
-
-    def record_gap(self, seconds: float) -> None:
-        self.step_gaps += 1
-        self.step_gap_total_s += max(seconds, 0.0)
-
-    @property
-    def mean_step_gap_s(self) -> float:
-        return self.step_gap_total_s / self.step_gaps if self.step_gaps else 0.0
-
-
-@dataclass(slots=True)
 class _InFlight:
     sched: SchedulerOutput
     future: asyncio.Future[ModelRunnerOutput]
     submitted_at: float
-
-
-class _StepWindow:
-    """Aggregates steps between two debug log lines."""
-
-    INTERVAL_S = 1.0
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self._start = time.monotonic()
-        self._steps = 0
-        self._tokens = 0
-        self._busy_s = 0.0
-
-    def add(self, sched: SchedulerOutput, elapsed: float) -> None:
-        self._steps += 1
-        self._tokens += sched.num_batched_tokens
-        self._busy_s += elapsed
-
-    def due(self) -> bool:
-        return time.monotonic() - self._start >= self.INTERVAL_S
-
-    def flush(self) -> dict[str, float]:
-        window = time.monotonic() - self._start
-        summary = {"steps": self._steps, "tokens": self._tokens, "window_s": round(window, 3),
-                   "busy_frac": round(self._busy_s / window, 3) if window else 0.0}
-        self._reset()
-        return summary
 
 
 def _retrieve_exception(fut: asyncio.Future[RequestResult]) -> None:
@@ -169,10 +99,12 @@ class AsyncEngine:
                                           enable_prefix_caching=config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.block_manager, runner.max_model_len)
         self.stats = EngineStats()
-        self._live: dict[str, _Live] = {}
+        self.outputs = OutputProcessor(
+            self.stats, lambda rid: self.scheduler.finish_request(rid, RequestStatus.FINISHED_STOPPED))
+        # Observers (metrics): called with the request and its result when it ends.
+        self.on_request_finished = self.outputs.on_request_finished
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-step")
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()  # set whenever the last live request resolves
         self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:8]
@@ -181,9 +113,8 @@ class AsyncEngine:
         self.draining = False
         self.step_in_flight_since: float | None = None
         self.last_heartbeat = time.monotonic()
-        self._debug_window = _StepWindow()
-        # Hooks for observers (metrics, access logs): called with the request and its result when it ends.
-        self.on_request_finished: list[Callable[[Request, RequestResult], None]] = []
+        self._debug_window = StepWindow()
+        # Observers (metrics): called after each step with its input, output and duration.
         self.on_step: list[Callable[[SchedulerOutput, ModelRunnerOutput, float], None]] = []
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
@@ -193,8 +124,8 @@ class AsyncEngine:
 
     async def stop(self) -> None:
         """Abort everything still live and stop the loop."""
-        for rid in list(self._live):
-            self._finish_live(rid, error=ShuttingDownError("The server is shutting down."))
+        for rid in list(self.outputs.live):
+            self.outputs.finish(rid, error=ShuttingDownError("The server is shutting down."))
         if self._task is not None:
             self._task.cancel()
             try:
@@ -210,16 +141,15 @@ class AsyncEngine:
 
     @property
     def num_live(self) -> int:
-        return len(self._live)
+        return len(self.outputs.live)
 
     def is_live(self, request_id: str) -> bool:
-        return request_id in self._live
+        return request_id in self.outputs.live
 
     async def wait_idle(self) -> None:
         """Wait until no request is live (graceful drain; the caller bounds the wait)."""
-        while self._live:
-            self._idle.clear()
-            await self._idle.wait()
+        while self.outputs.live:
+            await self.outputs.idle.wait()
 
     # ---- requests ------------------------------------------------------------------------------------------
     def new_request_id(self) -> str:
@@ -257,7 +187,7 @@ class AsyncEngine:
         future: asyncio.Future[RequestResult] = loop.create_future()
         future.add_done_callback(_retrieve_exception)
         out_stream = OutputStream() if stream else None
-        live = _Live(
+        live = LiveRequest(
             request=request,
             future=future,
             stream=out_stream,
@@ -266,14 +196,14 @@ class AsyncEngine:
             deadline=time.monotonic() + timeout_s if timeout_s is not None else None,
         )
         self.scheduler.add_request(request)
-        self._live[rid] = live
+        self.outputs.add(live)
         self._wake.set()
         return RequestHandle(rid, future, out_stream)
 
     def _check_admission(self, num_prompt_tokens: int) -> None:
         cfg = self.config.scheduler
         if cfg.max_queued_requests is not None and self.scheduler.num_waiting >= cfg.max_queued_requests:
-            self._reject("overloaded")
+            self.stats.count_rejected("overloaded")
             raise OverloadedError(
                 f"The server is overloaded: {self.scheduler.num_waiting} requests are already waiting "
                 f"(limit {cfg.max_queued_requests}). Retry later."
@@ -282,7 +212,7 @@ class AsyncEngine:
             self.scheduler.num_waiting_tokens + num_prompt_tokens > cfg.max_queued_tokens
             and self.scheduler.num_waiting > 0
         ):
-            self._reject("overloaded")
+            self.stats.count_rejected("overloaded")
             raise OverloadedError(
                 f"The server is overloaded: {self.scheduler.num_waiting_tokens} prompt tokens are already "
                 f"waiting (limit {cfg.max_queued_tokens}). Retry later."
@@ -290,17 +220,14 @@ class AsyncEngine:
 
     def record_rejection(self, reason: str) -> None:
         """Count a request refused before it ran (overloaded, invalid, timeout)."""
-        self._reject(reason)
-
-    def _reject(self, reason: str) -> None:
-        self.stats.requests_rejected[reason] = self.stats.requests_rejected.get(reason, 0) + 1
+        self.stats.count_rejected(reason)
 
     def abort(self, request_id: str) -> bool:
         """End a request now. Its blocks are freed; the runner forgets it at the next step."""
-        if request_id not in self._live:
+        if request_id not in self.outputs.live:
             return False
         self.scheduler.finish_request(request_id, RequestStatus.FINISHED_ABORTED)
-        self._finish_live(request_id)
+        self.outputs.finish(request_id)
         return True
 
     # ---- the batch loop ------------------------------------------------------------------------------------
@@ -344,7 +271,7 @@ class AsyncEngine:
                 if self.dead_reason is not None:
                     return
                 if not self.config.scheduler.overlap_output_processing:
-                    self._process_updates(updates)
+                    self.outputs.process(updates)
                     updates = []
                 self._expire_deadlines()
                 if self.scheduler.has_unfinished():
@@ -353,7 +280,7 @@ class AsyncEngine:
                     self.stats.record_gap(in_flight.submitted_at - out.finished_at)
                 else:
                     self.step_in_flight_since = None
-                self._process_updates(updates)
+                self.outputs.process(updates)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -373,7 +300,7 @@ class AsyncEngine:
             future = asyncio.get_running_loop().run_in_executor(self._executor, self.runner.execute, sched)
         except RuntimeError as exc:  # the executor refuses work: it has been shut down
             for request in self.scheduler.fail_step(sched):
-                self._finish_live(request.request_id, error=EngineDeadError(str(exc)))
+                self.outputs.finish(request.request_id, error=EngineDeadError(str(exc)))
             self._declare_dead(f"the model executor is gone ({exc})")
             return None
         self.step_in_flight_since = now
@@ -417,7 +344,7 @@ class AsyncEngine:
                   consecutive=self._consecutive_failures)
         error = EngineStepError(f"The model step failed: {type(exc).__name__}: {exc}")
         for request in self.scheduler.fail_step(sched):
-            self._finish_live(request.request_id, error=error)
+            self.outputs.finish(request.request_id, error=error)
         if self._consecutive_failures >= self.config.max_consecutive_step_failures:
             self._declare_dead(f"{self._consecutive_failures} consecutive model steps failed, last: {exc!r}")
 
@@ -428,101 +355,15 @@ class AsyncEngine:
 
     def fail_all(self, error: ServiceError) -> None:
         """End every live request with `error` (shutdown, dead engine)."""
-        for rid in list(self._live):
+        for rid in list(self.outputs.live):
             self.scheduler.finish_request(rid, RequestStatus.FINISHED_ERROR)
-            self._finish_live(rid, error=error)
+            self.outputs.finish(rid, error=error)
 
     def _expire_deadlines(self) -> None:
         now = time.monotonic()
-        expired = [rid for rid, live in self._live.items() if live.deadline is not None and live.deadline <= now]
+        expired = [rid for rid, live in self.outputs.live.items()
+                   if live.deadline is not None and live.deadline <= now]
         for rid in expired:
             self.scheduler.finish_request(rid, RequestStatus.FINISHED_ABORTED)
-            self._reject("timeout")
-            self._finish_live(rid, error=RequestTimeoutError("The request took longer than its timeout."))
-
-    # ---- outputs -------------------------------------------------------------------------------------------
-    def _process_updates(self, updates: list[RequestUpdate]) -> None:
-        for update in updates:
-            request = update.request
-            live = self._live.get(request.request_id)
-            if live is None:
-                continue
-            delta = RequestDelta()
-            if update.prompt_logprobs is not None:
-                live.prompt_logprobs = (live.prompt_logprobs or []) + update.prompt_logprobs
-                delta.prompt_logprobs = update.prompt_logprobs
-            if update.new_token_ids:
-                delta.token_ids = update.new_token_ids
-                delta.logprobs = update.new_logprobs
-                live.logprobs.extend(update.new_logprobs)
-                delta.text = self._emit_text(live, live.detok.append(update.new_token_ids))
-            if request.is_finished:
-                # Release held-back bytes, then held-back text, unless a stop string already ended it (the
-                # flushed bytes may themselves complete a stop string).
-                if not isinstance(request.stop_reason, str):
-                    delta.text += self._emit_text(live, live.detok.flush())
-                if not isinstance(request.stop_reason, str):
-                    delta.text += live.stops.flush()
-                live.text.append(delta.text)
-                self._finish_live(request.request_id, last_delta=delta)
-            else:
-                live.text.append(delta.text)
-                if live.stream is not None and (delta.text or delta.token_ids or delta.prompt_logprobs):
-                    live.stream.put(delta)
-
-    def _emit_text(self, live: _Live, text: str) -> str:
-        """Pass new text through the stop-string matcher; end the request if a stop string appears."""
-        if not text:
-            return ""
-        emit, hit = live.stops.feed(text)
-        if hit is not None:
-            request = live.request
-            if not request.is_finished:
-                self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
-            request.status = RequestStatus.FINISHED_STOPPED
-            request.stop_reason = hit
-        return emit
-
-    def _finish_live(self, request_id: str, *, error: ServiceError | None = None,
-                     last_delta: RequestDelta | None = None) -> None:
-        live = self._live.pop(request_id, None)
-        if live is None:
-            return
-        if not self._live:
-            self._idle.set()
-        request = live.request
-        if error is not None:
-            if live.stream is not None:
-                live.stream.put(RequestDelta(error=error))
-            if not live.future.done():
-                live.future.set_exception(error)
-            self.stats.requests_finished["error"] = self.stats.requests_finished.get("error", 0) + 1
-            return
-        reason = request.finish_reason.value if request.finish_reason else "abort"
-        delta = last_delta or RequestDelta()
-        delta.finish_reason = reason
-        delta.stop_reason = request.stop_reason
-        now = time.monotonic()
-        result = RequestResult(
-            request_id=request_id,
-            text="".join(live.text),
-            token_ids=list(request.output_token_ids),
-            finish_reason=reason,
-            stop_reason=request.stop_reason,
-            num_prompt_tokens=request.num_prompt_tokens,
-            num_cached_tokens=request.num_cached_tokens,
-            logprobs=live.logprobs,
-            prompt_logprobs=live.prompt_logprobs,
-            queue_time_s=(request.first_scheduled_time - request.arrival_time)
-            if request.first_scheduled_time is not None else None,
-            ttft_s=(request.first_token_time - request.arrival_time) if request.first_token_time else None,
-            e2e_s=now - request.arrival_time,
-        )
-        self.stats.requests_finished[reason] = self.stats.requests_finished.get(reason, 0) + 1
-        self.stats.prompt_tokens += request.num_prompt_tokens
-        if live.stream is not None:
-            live.stream.put(delta)
-        if not live.future.done():
-            live.future.set_result(result)
-        for hook in self.on_request_finished:
-            hook(request, result)
+            self.stats.count_rejected("timeout")
+            self.outputs.finish(rid, error=RequestTimeoutError("The request took longer than its timeout."))
