@@ -168,7 +168,8 @@ class Scheduler:
                 break
             request = self.waiting.peek()
             hits = []
-            if request.num_computed_tokens == 0:
+            # Prompt logprobs need the logits of every prompt position, so such a request computes them all.
+            if request.num_computed_tokens == 0 and not request.want_prompt_logprobs:
                 hits = self.block_manager.find_cached_prefix(request)
             num_cached = len(hits) * self.block_manager.block_size
             n = min(request.num_tokens - num_cached, budget)

@@ -1,0 +1,86 @@
+"""The remaining sampling parameters over HTTP: echo (with prompt logprobs), min_tokens, stop_token_ids,
+ignore_eos, penalties, and n with streaming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+async def client(make_client):
+    return await make_client()
+
+
+async def post(client, **body) -> dict:
+    resp = await client.post("/v1/completions", json=body)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def test_echo_prepends_the_prompt_and_its_logprobs(client):
+    prompt = "def add(a, b):"
+    plain = await post(client, prompt=prompt, max_tokens=5, temperature=0, logprobs=1)
+    echoed = await post(client, prompt=prompt, max_tokens=5, temperature=0, logprobs=1, echo=True)
+    choice = echoed["choices"][0]
+    assert choice["text"] == prompt + plain["choices"][0]["text"]
+    lp = choice["logprobs"]
+    n_prompt = echoed["usage"]["prompt_tokens"]
+    # The first prompt token has no logprob; every later token (prompt and output) has one.
+    assert len(lp["tokens"]) == n_prompt - 1 + 5
+    assert lp["tokens"][-5:] == plain["choices"][0]["logprobs"]["tokens"]
+    assert all(x <= 0 for x in lp["token_logprobs"])
+
+
+async def test_echo_with_token_ids_decodes_the_prompt(client):
+    tok = await client.post("/tokenize", json={"prompt": "import sys", "add_special_tokens": False})
+    ids = (await tok.json())["tokens"]
+    body = await post(client, prompt=ids, max_tokens=2, temperature=0, echo=True)
+    assert body["choices"][0]["text"].startswith("import sys")
+
+
+async def test_min_tokens_and_stop_token_ids(client):
+    greedy = await post(client, prompt="x = 1", max_tokens=12, temperature=0, return_token_ids=True)
+    ids = greedy["choices"][0]["token_ids"]
+    stop_id = ids[2]
+    stopped = await post(client, prompt="x = 1", max_tokens=12, temperature=0, stop_token_ids=[stop_id],
+                         return_token_ids=True)
+    got = stopped["choices"][0]
+    assert got["finish_reason"] == "stop"
+    assert got["stop_reason"] == stop_id
+    assert got["token_ids"] == ids[: ids.index(stop_id) + 1]
+    held = await post(client, prompt="x = 1", max_tokens=12, temperature=0, stop_token_ids=[stop_id],
+                      min_tokens=8, return_token_ids=True)
+    assert stop_id not in held["choices"][0]["token_ids"][:7]  # masked until min_tokens
+
+
+async def test_ignore_eos_runs_to_max_tokens(client):
+    body = await post(client, prompt="a", max_tokens=40, temperature=0, ignore_eos=True)
+    assert body["usage"]["completion_tokens"] == 40
+    assert body["choices"][0]["finish_reason"] == "length"
+
+
+async def test_repetition_penalty_changes_repetitive_greedy_output(client):
+    base = await post(client, prompt="x", max_tokens=30, temperature=0, ignore_eos=True, return_token_ids=True)
+    penalised = await post(client, prompt="x", max_tokens=30, temperature=0, ignore_eos=True,
+                           repetition_penalty=2.0, frequency_penalty=2.0, return_token_ids=True)
+    a, b = base["choices"][0]["token_ids"], penalised["choices"][0]["token_ids"]
+    assert a != b
+    assert len(set(b)) >= len(set(a))  # penalties push towards tokens not yet used
+
+
+async def test_streaming_n_choices_are_interleaved_and_complete(client):
+    resp = await client.post("/v1/completions", json={"prompt": "class B:", "max_tokens": 6, "n": 2, "seed": 3,
+                                                      "temperature": 1.0, "stream": True})
+    texts = {0: "", 1: ""}
+    finished = set()
+    async for line in resp.content:
+        if line.startswith(b"data: {"):
+            choice = json.loads(line[6:])["choices"][0]
+            texts[choice["index"]] += choice["text"]
+            if choice["finish_reason"]:
+                finished.add(choice["index"])
+    assert finished == {0, 1}
+    full = await post(client, prompt="class B:", max_tokens=6, n=2, seed=3, temperature=1.0)
+    assert [c["text"] for c in full["choices"]] == [texts[0], texts[1]]
