@@ -10,6 +10,7 @@ exists so that the server, its tests and its benchmarks run anywhere without a m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sysconfig
 from collections.abc import Iterator
@@ -148,13 +149,19 @@ def build_model(preset: Preset, out_dir: Path, seed: int) -> None:
     model.save_pretrained(out_dir)
 
 
-def build(preset_name: str, out_dir: Path, seed: int = 0) -> Path:
-    """Build the tokenizer and model of `preset_name` into `out_dir`; returns `out_dir`."""
+def build(preset_name: str, out_dir: Path, seed: int = 0, max_position_embeddings: int | None = None) -> Path:
+    """Build the tokenizer and model of `preset_name` into `out_dir`; returns `out_dir`.
+
+    `max_position_embeddings` overrides the preset's context length (for long-prompt benchmarks).
+    """
     preset = PRESETS[preset_name]
+    if max_position_embeddings is not None:
+        preset = dataclasses.replace(preset, max_position_embeddings=max_position_embeddings)
     out_dir.mkdir(parents=True, exist_ok=True)
     build_tokenizer(preset, out_dir)
     build_model(preset, out_dir, seed)
-    (out_dir / "hfserve_build.json").write_text(json.dumps({"preset": preset_name, "seed": seed}))
+    (out_dir / "hfserve_build.json").write_text(json.dumps(
+        {"preset": preset_name, "seed": seed, "max_position_embeddings": preset.max_position_embeddings}))
     return out_dir
 
 
@@ -163,8 +170,10 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--out", type=Path, default=Path("models/default"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-position-embeddings", type=int, default=None,
+                        help="Override the preset's context length.")
     args = parser.parse_args()
-    path = build(args.preset, args.out, args.seed)
+    path = build(args.preset, args.out, args.seed, args.max_position_embeddings)
     print(f"built {args.preset} model in {path}")
 
 
