@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install model run test test-slow lint bench bench-compare soak clean
+.PHONY: install model run test test-slow lint bench bench-compare bench-overhead soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,7 +30,7 @@ run: install model
 	$(BIN)/python -m service --model $(MODEL) --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check service tests loadtest
+	$(BIN)/ruff check service tests loadtest benchmarks
 	$(BIN)/mypy
 
 test: install lint
@@ -57,6 +57,15 @@ $(PEER_VENV)/bin/transformers: | $(STAMP)
 bench-compare: install model $(PEER_VENV)/bin/transformers
 	$(BIN)/python -m loadtest.compare --servers hfserve,transformers,static --model-dir $(MODEL) \
 		--peer-venv $(PEER_VENV) --out docs/benchmarks.md $(BENCH_ARGS)
+
+# The server's own overhead, with a runner that costs nothing (benchmarks/): scheduler + bookkeeping per step at
+# 256 sequences, then the whole service over HTTP against a bare aiohttp server, alternating, in one run.
+# OVERHEAD_ARGS goes to the HTTP one, e.g. "--rounds 3 --duration 3", or "--profile DIR" for a py-spy profile.
+OVERHEAD_ARGS ?=
+
+bench-overhead: install model
+	$(BIN)/python -m benchmarks.scheduler_overhead --model-dir $(MODEL)
+	$(BIN)/python -m benchmarks.http_overhead --model-dir $(MODEL) $(OVERHEAD_ARGS)
 
 clean:
 	rm -rf $(VENV) models build *.egg-info

@@ -110,11 +110,14 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
             text = _echo_text(ctx, req, prompts[i // req.n], i // req.n)
             offsets[i] = len(text)
             await sse.send(chunk(i, text))
+    unfinished = len(handles)
+    last: list[dict[str, Any]] = []  # the final frames, sent in one write with [DONE]
     async for index, delta in iterate_deltas(handles):
         if delta.error is not None:
             err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
-            await sse.send_error(err)
-            return await sse.done()
+            return await sse.done(err.to_dict())
+        if delta.finished:
+            unfinished -= 1
         completion_tokens += len(delta.token_ids)
         logprobs = None
         if req.logprobs is not None:
@@ -125,12 +128,15 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
                 logprobs = {k: echoed[k] + logprobs[k] for k in logprobs}
             offsets[index] += len(delta.text)
         if delta.text or delta.finished or logprobs or (req.return_token_ids and delta.token_ids):
-            await sse.send(chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
-                                 delta.token_ids))
+            payload = chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason, delta.token_ids)
+            if unfinished:
+                await sse.send(payload)
+            else:
+                last.append(payload)
     request[USAGE] = usage(sum(len(p) for p in prompts), completion_tokens)
     if req.include_usage:
-        await sse.send({
+        last.append({
             "id": response_id, "object": "text_completion", "created": created, "model": ctx.model_name,
             "choices": [], "usage": request[USAGE],
         })
-    return await sse.done()
+    return await sse.done(*last)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 
 import structlog
 from aiohttp import web
@@ -22,7 +22,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     t0 = time.perf_counter()
     status = 500
     # Server-generated; generation handlers replace it with their response id (cmpl-..., chatcmpl-...).
-    request[REQUEST_ID] = f"req-{uuid.uuid4().hex[:16]}"
+    request[REQUEST_ID] = f"req-{os.urandom(8).hex()}"  # 16 random hex digits, a few microseconds cheaper than uuid4()
     try:
         response = await handler(request)
         status = response.status

@@ -1,5 +1,8 @@
 """Server-sent events in the shape OpenAI clients expect: `data: <json>\\n\\n` frames, an error frame on a
-mid-stream failure, and `data: [DONE]\\n\\n` at the end, always."""
+mid-stream failure, and `data: [DONE]\\n\\n` at the end, always.
+
+Every write is one send() on the socket, a large part of a streamed request's cost: the end of a stream (the
+last frames, `[DONE]` and the chunked-encoding terminator) goes out in one."""
 
 from __future__ import annotations
 
@@ -35,15 +38,19 @@ class SSEWriter:
         await self.response.prepare(self._request)
 
     async def send(self, payload: dict[str, Any]) -> None:
-        await self.response.write(b"data: " + orjson.dumps(payload) + b"\n\n")
+        await self.response.write(frame(payload))
 
     async def send_error(self, err: ServiceError) -> None:
         await self.send(err.to_dict())
 
-    async def done(self) -> web.StreamResponse:
-        await self.response.write(DONE)
-        await self.response.write_eof()
+    async def done(self, *last: dict[str, Any]) -> web.StreamResponse:
+        """End the stream: the `last` frames, if any, then `[DONE]`, in a single write."""
+        await self.response.write_eof(b"".join(map(frame, last)) + DONE)
         return self.response
+
+
+def frame(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 async def iterate_deltas(handles: list[RequestHandle]) -> AsyncIterator[tuple[int, RequestDelta]]:

@@ -57,14 +57,15 @@ class OutputStream:
     """One mailbox per streaming request: the engine puts without blocking, the handler awaits.
 
     Only the event-loop thread touches it. If the reader falls behind, deltas merge into one, so memory stays
-    bounded by the request's own output.
+    bounded by the request's own output. There is one reader, so a bare future is the wake-up: cheaper than an
+    asyncio.Event, and it is paid once per streamed delta.
     """
 
-    __slots__ = ("_closed", "_event", "_pending")
+    __slots__ = ("_closed", "_pending", "_waiter")
 
     def __init__(self) -> None:
         self._pending: RequestDelta | None = None
-        self._event = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
     def put(self, delta: RequestDelta) -> None:
@@ -76,13 +77,19 @@ class OutputStream:
             self._pending.merge(delta)
         if delta.finished:
             self._closed = True
-        self._event.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self) -> RequestDelta:
         """Wait for the next (possibly merged) delta; a failed request ends with a delta carrying `error`."""
         while self._pending is None:
-            self._event.clear()
-            await self._event.wait()
+            assert self._waiter is None, "an OutputStream has one reader at a time"
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         delta, self._pending = self._pending, None
         return delta
 
