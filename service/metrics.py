@@ -36,6 +36,8 @@ class _EngineCollector(Collector):
         yield _gauge("num_requests_running", "Requests in the running batch.", sched.num_running)
         yield _gauge("num_requests_waiting", "Requests waiting to be scheduled.", sched.num_waiting)
         yield _gauge("kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).", bm.usage)
+        yield _gauge("num_live_requests", "Requests accepted and not yet resolved (their futures and streams).",
+                     e.num_live)
         yield _gauge("engine_healthy", "1 while the engine's batch loop is alive.", 1.0 if e.is_alive else 0.0)
         yield _counter("num_preemptions", "Requests preempted (recomputed later).", sched.num_preemptions_total)
         yield _counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", bm.stats.queries)

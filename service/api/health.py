@@ -32,6 +32,7 @@ async def health(request: web.Request) -> web.Response:
         "problems": problems,
         "running": engine.scheduler.num_running,
         "waiting": engine.scheduler.num_waiting,
+        "live_requests": engine.num_live,  # futures (and streams) not yet resolved
     }
     return json_response(body, status=200 if not problems else 503)
 
