@@ -67,5 +67,12 @@ bench-overhead: install model
 	$(BIN)/python -m benchmarks.scheduler_overhead --model-dir $(MODEL)
 	$(BIN)/python -m benchmarks.http_overhead --model-dir $(MODEL) $(OVERHEAD_ARGS)
 
+# Mixed normal, aborted and invalid traffic for SOAK_MINUTES against a real server on $(MODEL), then leak checks
+# and a printed report (tests/soak/test_soak.py). SOAK_MINUTES=0.2 is a smoke of the same path.
+SOAK_MINUTES ?= 3
+
+soak: install model
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_MODEL=$(MODEL) $(BIN)/python -m pytest -q -m slow -s tests/soak
+
 clean:
 	rm -rf $(VENV) models build *.egg-info
