@@ -73,8 +73,10 @@ class BlockManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self._tables.get(request_id, ())]
+    def block_ids(self, request_id: str, start: int = 0) -> list[int]:
+        """The request's block table, or its entries from index `start` on."""
+        table = self._tables.get(request_id)
+        return [b.block_id for b in table[start:]] if table else []
 
     def num_held_blocks(self, request_id: str) -> int:
         return len(self._tables.get(request_id, ()))
@@ -115,6 +117,8 @@ class BlockManager:
         """
         rid = request.request_id
         table = self._tables.get(rid)
+        if table is not None and not cached_prefix:
+            return self.grow(request, num_tokens) is not None
         prefix = cached_prefix or []
         if table is None:
             table = []
@@ -135,6 +139,19 @@ class BlockManager:
         self._tables[rid] = table
         return True
 
+    def grow(self, request: Request, num_tokens: int) -> list[int] | None:
+        """For a request that already holds blocks: hold enough for `num_tokens`. Returns the ids of the blocks
+        added (usually none), or None, changing nothing, if the free list is too short."""
+        table = self._tables[request.request_id]
+        missing = -(-num_tokens // self.block_size) - len(table)
+        if missing <= 0:
+            return []
+        if missing > len(self._free):
+            return None
+        added = [self._take_free_block() for _ in range(missing)]
+        table.extend(added)
+        return [b.block_id for b in added]
+
     def _take_free_block(self) -> KVBlock:
         _, block = self._free.popitem(last=False)
         if block.digest is not None:
@@ -153,12 +170,12 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         rid = request.request_id
-        table = self._tables[rid]
         bs = self.block_size
         done = self._num_digested.get(rid, 0)
+        if num_tokens // bs <= done:
+            return  # no block filled up since the last call (most decode steps)
+        table = self._tables[rid]
         full = min(num_tokens // bs, len(table))
-        if full <= done:
-            return
         parent = table[done - 1].digest if done > 0 else None
         for i in range(done, full):
             block = table[i]

@@ -8,7 +8,7 @@ what it samples), so a SchedulerOutput only has to say which span of which reque
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ CPU_KV_CACHE_CAP_BYTES = 4 * 1024**3
 class RunnerRequestState:
     token_ids: list[int]
     sampling: SamplingState
+    block_ids: list[int] = field(default_factory=list)  # the request's block table, kept from chunk deltas
     num_prompt_logprobs: int = 0
     prompt_logprobs_done: int = 1  # position 0 never has a logprob
 
@@ -132,6 +133,12 @@ class ModelRunner:
             )
         if sched.is_empty:
             return ModelRunnerOutput(sched.step_id, (), (), (), {}, time.perf_counter() - t0)
+        for c in sched.chunks:
+            st = self._states[c.request_id]
+            if c.reset_blocks:
+                st.block_ids = list(c.new_block_ids)
+            elif c.new_block_ids:
+                st.block_ids.extend(c.new_block_ids)
 
         batch = self._prepare(sched.chunks)
         out = self.model(
@@ -179,7 +186,7 @@ class ModelRunner:
             st = self._states[c.request_id]
             input_ids.append(st.token_ids[c.start])
             positions.append(c.start)
-            slots.append(c.block_ids[c.start // bs] * bs + c.start % bs)
+            slots.append(st.block_ids[c.start // bs] * bs + c.start % bs)
             if c.sample:
                 keep.append(i)
                 sample_ids.append(c.request_id)
@@ -190,11 +197,12 @@ class ModelRunner:
             end = c.start + c.num_tokens
             input_ids.extend(st.token_ids[c.start : end])
             positions.extend(range(c.start, end))
+            table = st.block_ids
             for p in range(c.start, end):
-                slots.append(c.block_ids[p // bs] * bs + p % bs)
+                slots.append(table[p // bs] * bs + p % bs)
             span = PrefillSpan(start_tok, len(input_ids), c.start)
             if c.start > 0:
-                span.block_ids = torch.tensor(c.block_ids[: -(-end // bs)], dtype=torch.long, device=dev)
+                span.block_ids = torch.tensor(table[: -(-end // bs)], dtype=torch.long, device=dev)
             meta.prefills.append(span)
             # Prompt logprobs: position p's logits give the logprob of token p + 1.
             lo = max(c.start, st.prompt_logprobs_done - 1)
@@ -234,7 +242,7 @@ class ModelRunner:
             new = [c for c in decodes if c.request_id not in mirror.rows]
             if mirror.ensure_capacity(mirror.num_rows + len(new), length):
                 for c in new:
-                    mirror.assign(c.request_id, self.kv_cache, c.block_ids, c.start)
+                    mirror.assign(c.request_id, self.kv_cache, self._states[c.request_id].block_ids, c.start)
                 decodes = sorted(decodes, key=lambda c: mirror.rows[c.request_id])
                 rows = [mirror.rows[c.request_id] for c in decodes]
                 for c, row in zip(decodes, rows, strict=True):
@@ -254,7 +262,8 @@ class ModelRunner:
                 )
             mirror.clear()  # over its memory limit: gather this step, refill rows later
         nblk = length // bs
-        table = [list(c.block_ids[:nblk]) + [0] * (nblk - min(nblk, len(c.block_ids))) for c in decodes]
+        tables = [self._states[c.request_id].block_ids for c in decodes]
+        table = [t[:nblk] + [0] * (nblk - min(nblk, len(t))) for t in tables]
         lens_t = torch.tensor([c.start + 1 for c in decodes], dtype=torch.long, device=dev)
         return decodes, GatherDecode(
             block_ids=torch.tensor(table, dtype=torch.long, device=dev),

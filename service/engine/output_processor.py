@@ -56,15 +56,13 @@ class OutputProcessor:
             live = self.live.get(request.request_id)
             if live is None:
                 continue
-            delta = RequestDelta()
+            text = ""
+            if update.new_token_ids:
+                live.logprobs.extend(update.new_logprobs)
+                text = self._emit_text(live, live.detok.append(update.new_token_ids))
+            delta = RequestDelta(text, update.new_token_ids, update.new_logprobs, update.prompt_logprobs)
             if update.prompt_logprobs is not None:
                 live.prompt_logprobs = (live.prompt_logprobs or []) + update.prompt_logprobs
-                delta.prompt_logprobs = update.prompt_logprobs
-            if update.new_token_ids:
-                delta.token_ids = update.new_token_ids
-                delta.logprobs = update.new_logprobs
-                live.logprobs.extend(update.new_logprobs)
-                delta.text = self._emit_text(live, live.detok.append(update.new_token_ids))
             if request.is_finished:
                 # Release held-back bytes, then held-back text, unless a stop string already ended it (the
                 # flushed bytes may themselves complete a stop string).

@@ -22,14 +22,20 @@ class NewRequestData:
     num_prompt_logprobs: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScheduledChunk:
-    """One request's share of a step: compute tokens [start, start + num_tokens)."""
+    """One request's share of a step: compute tokens [start, start + num_tokens).
+
+    Block tables travel as deltas: `new_block_ids` extends the table the runner already holds for the request,
+    or replaces it when `reset_blocks` (first admission, or re-admission after preemption). Built every step
+    for every running request, so it is a plain slotted class; nothing mutates it after construction.
+    """
 
     request_id: str
     start: int
     num_tokens: int
-    block_ids: tuple[int, ...]
+    new_block_ids: tuple[int, ...]
+    reset_blocks: bool
     # True when the chunk reaches the request's last known token, so its logits are sampled.
     sample: bool
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.config import SchedulerConfig
 from service.engine.block_manager import BlockManager
@@ -36,8 +36,8 @@ class RequestUpdate:
     """What one step did to one request, for the output processor."""
 
     request: Request
-    new_token_ids: list[int] = field(default_factory=list)
-    new_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    new_token_ids: list[int]
+    new_logprobs: list[TokenLogprobs | None]
     prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
@@ -137,18 +137,22 @@ class Scheduler:
         new_requests: list[NewRequestData] = []
         preempted: list[str] = []
         scheduled: set[str] = set()
-        now = time.monotonic()
+        bm = self.block_manager
+        running_status = RequestStatus.RUNNING
 
         # 1. Running requests: decodes and the rest of chunked prefills.
+        bs = bm.block_size
         for request in list(self.running):
             if budget <= 0:
                 break
-            if request.status != RequestStatus.RUNNING:
+            if request.status != running_status:
                 continue  # preempted earlier in this loop
-            n = min(request.num_tokens - request.num_computed_tokens, budget)
+            computed = request.num_computed_tokens
+            num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
+            n = min(num_tokens - computed, budget)
             if n <= 0:
                 continue
-            while not self.block_manager.allocate(request, request.num_computed_tokens + n):
+            while (new_blocks := bm.grow(request, computed + n)) is None:
                 victim = self._pick_victim()
                 if victim.request_id in scheduled:
                     victim = request  # never take back what this step already scheduled
@@ -156,13 +160,17 @@ class Scheduler:
                 preempted.append(victim.request_id)
                 if victim is request:
                     break
-            if request.status != RequestStatus.RUNNING:
+            if new_blocks is None:
                 continue
-            chunks.append(self._chunk(request, n))
+            if (computed + n) // bs != computed // bs:
+                bm.cache_full_blocks(request, computed + n)  # a block filled up
+            chunks.append(ScheduledChunk(request.request_id, computed, n, tuple(new_blocks), False,
+                                         computed + n == num_tokens))
             scheduled.add(request.request_id)
             budget -= n
 
         # 2. Waiting requests, unless this step had to preempt (there is no room to grow).
+        now = time.monotonic()
         while not preempted and budget > 0 and len(self.waiting) > 0:
             if len(self.running) >= self.config.max_num_seqs:
                 break
@@ -170,14 +178,15 @@ class Scheduler:
             hits = []
             # Prompt logprobs need the logits of every prompt position, so such a request computes them all.
             if request.num_computed_tokens == 0 and not request.want_prompt_logprobs:
-                hits = self.block_manager.find_cached_prefix(request)
-            num_cached = len(hits) * self.block_manager.block_size
-            n = min(request.num_tokens - num_cached, budget)
-            if not self.block_manager.allocate(request, num_cached + n, hits):
+                hits = bm.find_cached_prefix(request)
+            num_cached = len(hits) * bm.block_size
+            num_tokens = request.num_tokens
+            n = min(num_tokens - num_cached, budget)
+            if not bm.allocate(request, num_cached + n, hits):
                 break
-            self.block_manager.record_prefix_lookup(request.num_tokens, len(hits))
+            bm.record_prefix_lookup(num_tokens, len(hits))
             self.waiting.pop()
-            self.num_waiting_tokens -= request.num_tokens
+            self.num_waiting_tokens -= num_tokens
             request.num_computed_tokens = num_cached
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = now
@@ -186,10 +195,13 @@ class Scheduler:
                     NewRequestData(request.request_id, tuple(request.prompt_token_ids), request.sampling_params,
                                    self._prompt_logprobs_wanted(request))
                 )
-            request.status = RequestStatus.RUNNING
+            request.status = running_status
             request.admission_seq = next(self._admission_ids)
             self.running.append(request)
-            chunks.append(self._chunk(request, n))
+            bm.cache_full_blocks(request, num_cached + n)
+            # A (re-)admitted request starts a fresh block table in the runner.
+            chunks.append(ScheduledChunk(request.request_id, num_cached, n, tuple(bm.block_ids(request.request_id)),
+                                         True, num_cached + n == num_tokens))
             scheduled.add(request.request_id)
             budget -= n
 
@@ -207,17 +219,6 @@ class Scheduler:
             num_batched_tokens=self.config.max_num_batched_tokens - budget,
         )
 
-    def _chunk(self, request: Request, n: int) -> ScheduledChunk:
-        end = request.num_computed_tokens + n
-        self.block_manager.cache_full_blocks(request, end)
-        return ScheduledChunk(
-            request_id=request.request_id,
-            start=request.num_computed_tokens,
-            num_tokens=n,
-            block_ids=tuple(self.block_manager.block_ids(request.request_id)),
-            sample=end == request.num_tokens,
-        )
-
     @staticmethod
     def _prompt_logprobs_wanted(request: Request) -> int:
         return request.num_prompt_tokens if request.want_prompt_logprobs else 0
@@ -225,35 +226,38 @@ class Scheduler:
     # ---- applying a step's results -------------------------------------------------------------------------
     def update_from_output(self, sched: SchedulerOutput, out: ModelRunnerOutput) -> list[RequestUpdate]:
         sampled = dict(zip(out.request_ids, zip(out.sampled_token_ids, out.logprobs, strict=True), strict=True))
+        prompt_lps = out.prompt_logprobs
         updates: list[RequestUpdate] = []
         now = time.monotonic()
+        requests = self.requests
+        running_status = RequestStatus.RUNNING
+        any_finished = False
         for chunk in sched.chunks:
-            request = self.requests.get(chunk.request_id)
-            if request is None or request.status != RequestStatus.RUNNING:
+            rid = chunk.request_id
+            request = requests.get(rid)
+            if request is None or request.status != running_status:
                 continue  # ended (aborted) while the step ran; its result is dropped
             request.num_computed_tokens += chunk.num_tokens
-            update = None
-            prompt_lp = out.prompt_logprobs.get(chunk.request_id)
-            if prompt_lp is not None:
-                update = RequestUpdate(request, prompt_logprobs=prompt_lp)
-            if chunk.sample:
-                token, logprobs = sampled[chunk.request_id]
-                request.append_output_token(token, now)
-                update = update or RequestUpdate(request)
-                update.new_token_ids.append(token)
-                update.new_logprobs.append(logprobs)
-                status = self._check_stop(request, token)
-                if status is not None:
-                    self.requests.pop(request.request_id)
-                    self.running.remove(request)
-                    self._end(request, status)
-            if update is not None:
-                updates.append(update)
+            prompt_lp = prompt_lps.get(rid) if prompt_lps else None
+            if not chunk.sample:
+                if prompt_lp is not None:
+                    updates.append(RequestUpdate(request, [], [], prompt_lp))
+                continue
+            token, logprobs = sampled[rid]
+            request.append_output_token(token, now)
+            updates.append(RequestUpdate(request, [token], [logprobs], prompt_lp))
+            status = self._check_stop(request, token)
+            if status is not None:
+                del requests[rid]
+                self._end(request, status)
+                any_finished = True
+        if any_finished:
+            self.running = [r for r in self.running if r.status == running_status]
         return updates
 
     def _check_stop(self, request: Request, token: int) -> RequestStatus | None:
         params = request.sampling_params
-        n_out = request.num_output_tokens
+        n_out = len(request.output_token_ids)
         if n_out >= params.min_tokens:
             if not params.ignore_eos and token in request.eos_token_ids:
                 request.stop_reason = token
@@ -261,7 +265,7 @@ class Scheduler:
             if token in params.stop_token_ids:
                 request.stop_reason = token
                 return RequestStatus.FINISHED_STOPPED
-        if n_out >= params.max_tokens or request.num_tokens >= self.max_model_len:
+        if n_out >= params.max_tokens or len(request.prompt_token_ids) + n_out >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
 

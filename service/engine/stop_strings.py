@@ -36,10 +36,18 @@ class StopStringMatcher:
         return held
 
     def _longest_stop_prefix_suffix(self, buf: str) -> int:
+        """Length of the longest tail of `buf` that is a proper prefix of some stop string.
+
+        Only tails that start with a stop string's first character can qualify, so look for that character in
+        the last len(stop) - 1 characters; the leftmost candidate that matches is the longest.
+        """
         best = 0
+        size = len(buf)
         for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(buf)), best, -1):
-                if buf.endswith(stop[:n]):
-                    best = n
+            i = buf.find(stop[0], max(0, size - len(stop) + 1))
+            while i != -1 and size - i > best:
+                if stop.startswith(buf[i:]):
+                    best = size - i
                     break
+                i = buf.find(stop[0], i + 1)
         return best

@@ -23,7 +23,7 @@ def stream_decode(detok, ids: list[int], chunk: int) -> list[str]:
 
 TEXT = st.text(
     alphabet=st.one_of(
-        st.characters(codec="utf-8"),
+        st.characters(codec="utf-8", exclude_characters="\ufffd"),  # a literal U+FFFD would be legitimate
         st.sampled_from(list("😀🎉👩‍💻🇯🇵漢字かなカナ한국어ñé") + ["\n", " "]),
     ),
     max_size=60,
