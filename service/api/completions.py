@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from service.api.context import CONTEXT, REQUEST_ID, USAGE, ServerContext
@@ -12,9 +14,9 @@ from service.api.errors import json_response, read_json_object
 from service.api.generation import gather_results, submitted, usage
 from service.api.logprobs import completion_logprobs
 from service.api.schemas.completions import CompletionRequest
-from service.api.sse import SSEWriter, iterate_deltas
+from service.api.sse import SSEWriter, TextChunkSink, iterate_deltas
 from service.engine.async_engine import RequestHandle
-from service.engine.output_stream import RequestResult
+from service.engine.output_stream import RequestDelta, RequestResult
 from service.errors import BadRequestError, ServiceError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
@@ -41,6 +43,11 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         body = _full_response(ctx, req, prompts, results, response_id)
         request[USAGE] = body["usage"]
         return json_response(body, headers={"X-Request-Id": response_id})
+
+
+async def _nothing() -> AsyncIterator[tuple[int, RequestDelta]]:
+    return
+    yield  # an empty async generator
 
 
 def _echo_text(ctx: ServerContext, req: CompletionRequest, ids: list[int], index: int) -> str:
@@ -112,7 +119,34 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
             await sse.send(chunk(i, text))
     unfinished = len(handles)
     last: list[dict[str, Any]] = []  # the final frames, sent in one write with [DONE]
-    async for index, delta in iterate_deltas(handles):
+    if len(handles) == 1 and req.logprobs is None and not req.return_token_ids:
+        # The common case, once per generated token: the text is spliced into pre-encoded bytes (the same
+        # JSON chunk() gives) and written by the engine's output step itself; this handler only wakes for
+        # the end, or when the client is slow to read.
+        head = orjson.dumps(chunk(0, "\x00"))
+        cut = head.index(b'"\\u0000"')
+        prefix, suffix = b"data: " + head[:cut], head[cut + len(b'"\\u0000"'):] + b"\n\n"
+        stream = handles[0].stream
+        assert stream is not None
+        sink = TextChunkSink(request, sse.response, prefix, suffix)
+        stream.attach_sink(sink)
+        write = sse.response.write
+        while True:
+            delta = await stream.get()
+            completion_tokens += len(delta.token_ids)
+            if delta.finished:
+                break
+            if delta.text:
+                await write(prefix + orjson.dumps(delta.text) + suffix)
+        completion_tokens += sink.num_tokens
+        if delta.error is not None:
+            err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
+            return await sse.done(err.to_dict())
+        last.append(chunk(0, delta.text, None, delta.finish_reason, delta.stop_reason))
+        deltas: AsyncIterator[tuple[int, RequestDelta]] = _nothing()
+    else:
+        deltas = iterate_deltas(handles)
+    async for index, delta in deltas:
         if delta.error is not None:
             err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
             return await sse.done(err.to_dict())

@@ -53,6 +53,39 @@ def frame(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+class TextChunkSink:
+    """Writes a stream's text deltas straight to the connection, from the engine's output processing.
+
+    A streamed token otherwise costs a wake-up of the handler task and an awaited write; attached to the
+    request's OutputStream (attach_sink), this writes each delta's frame synchronously instead. It declines
+    (and the delta waits for the handler, which then writes with aiohttp's own flow control) when the
+    connection is closing or its send buffer is past `buffer_limit` bytes, and for the final delta.
+
+    Each frame is `prefix + json(text) + suffix`: the pre-encoded bytes of a chunk around its text field.
+    """
+
+    def __init__(self, request: web.Request, response: web.StreamResponse, prefix: bytes, suffix: bytes,
+                 buffer_limit: int = 64 * 1024) -> None:
+        if not response.prepared:
+            raise RuntimeError("attach the sink after the response's headers are sent")
+        self._transport = request.transport
+        self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self._prefix = prefix
+        self._suffix = suffix
+        self._limit = buffer_limit
+        self.num_tokens = 0
+
+    def __call__(self, delta: RequestDelta) -> bool:
+        transport = self._transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() > self._limit:
+            return False
+        self.num_tokens += len(delta.token_ids)
+        if delta.text:
+            data = self._prefix + orjson.dumps(delta.text) + self._suffix
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        return True
+
+
 async def iterate_deltas(handles: list[RequestHandle]) -> AsyncIterator[tuple[int, RequestDelta]]:
     """Yield (choice index, delta) from every handle's stream as they arrive, until all have finished."""
     if len(handles) == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.engine.outputs import TokenLogprobs
@@ -61,22 +62,33 @@ class OutputStream:
     asyncio.Event, and it is paid once per streamed delta.
     """
 
-    __slots__ = ("_closed", "_pending", "_waiter")
+    __slots__ = ("_closed", "_pending", "_sink", "_waiter")
 
     def __init__(self) -> None:
         self._pending: RequestDelta | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._sink: Callable[[RequestDelta], bool] | None = None
+
+    def attach_sink(self, sink: Callable[[RequestDelta], bool] | None) -> None:
+        """Let `sink` take deltas as they are put, instead of waking the reader for each one.
+
+        The sink may refuse a delta (return False), which then waits for the reader as usual. It is only offered
+        a delta when nothing is pending, so deltas reach the client in order whichever path they take.
+        """
+        self._sink = sink
 
     def put(self, delta: RequestDelta) -> None:
         if self._closed:
+            return
+        if delta.finished:
+            self._closed = True
+        elif self._pending is None and self._sink is not None and self._sink(delta):
             return
         if self._pending is None:
             self._pending = delta
         else:
             self._pending.merge(delta)
-        if delta.finished:
-            self._closed = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

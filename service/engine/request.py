@@ -25,7 +25,10 @@ class RequestStatus(enum.IntEnum):
 
     @property
     def is_finished(self) -> bool:
-        return self > RequestStatus.PREEMPTED
+        return self in _FINISHED
+
+
+_FINISHED = frozenset(s for s in RequestStatus if s > RequestStatus.PREEMPTED)
 
 
 class FinishReason(enum.StrEnum):
@@ -88,7 +91,7 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return self.status.is_finished
+        return self.status in _FINISHED
 
     @property
     def finish_reason(self) -> FinishReason | None:

@@ -54,6 +54,13 @@ class Tokenizer:
 
     # ---- encoding ------------------------------------------------------------------------------------------
     def encode_now(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Tokenize on the calling thread (holds the GIL: for short texts)."""
+        if self._backend is not None:
+            return list(self._backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def _encode_releasing_gil(self, text: str, add_special_tokens: bool) -> list[int]:
+        # The Rust batch encoder releases the GIL while it works; plain encode() does not.
         if self._backend is not None:
             return list(self._backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids)
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
@@ -63,7 +70,7 @@ class Tokenizer:
         if len(text) < self.offload_chars:
             return self.encode_now(text, add_special_tokens)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.encode_now, text, add_special_tokens)
+        return await loop.run_in_executor(self._pool, self._encode_releasing_gil, text, add_special_tokens)
 
     async def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
                           chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
