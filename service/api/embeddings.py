@@ -11,12 +11,14 @@ from aiohttp import web
 from service.api.context import CONTEXT, USAGE
 from service.api.errors import json_response, read_json_object
 from service.api.schemas.embeddings import EmbeddingRequest
-from service.errors import BadRequestError, NotFoundError, short_repr
+from service.errors import BadRequestError, NotFoundError, ShuttingDownError, short_repr
 
 
 async def create_embeddings(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     service = ctx.embeddings
+    if ctx.engine.draining:
+        raise ShuttingDownError("The server is shutting down and accepts no new requests.")
     if service is None:
         raise NotFoundError("This server runs no embedding model.", param="model", code="model_not_found")
     req = EmbeddingRequest.model_validate(await read_json_object(request))

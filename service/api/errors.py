@@ -27,7 +27,8 @@ from service.errors import (
 log = structlog.get_logger("api")
 
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")
-# Statuses counted as `rejected{reason="invalid"}`; 429 and 408 are counted by the engine itself.
+# Statuses counted as `rejected{reason="invalid"}`; every 429 counts as "overloaded" (generation queue or
+# embedding queue); timeouts are counted by the engine, which also sees those of streams.
 _INVALID_STATUSES = frozenset({400, 404, 405, 413, 415, 422})
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -84,7 +85,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 resp.headers[name] = exc.headers[name]
         return resp
     except ConnectionResetError:
-        raise  # the client is gone; there is nobody to answer (the access log records 499)
+        # The client went away mid-response (its request was aborted on the way out). Nobody is left to answer:
+        # a 499 for the access log, which aiohttp fails to send quietly, instead of a logged traceback.
+        request[ERROR_TYPE] = "client_disconnected"
+        return web.Response(status=499)
     except Exception:  # the client gets a JSON 500, the log gets the traceback
         log.exception("unhandled error", path=request.path)
         return _client_error(request, ServiceError("Internal server error."))
@@ -92,8 +96,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def _client_error(request: web.Request, err: ServiceError) -> web.Response:
     request[ERROR_TYPE] = err.type
-    if err.status in _INVALID_STATUSES and CONTEXT in request.app:
-        request.app[CONTEXT].engine.record_rejection("invalid")
+    if CONTEXT in request.app:
+        if err.status in _INVALID_STATUSES:
+            request.app[CONTEXT].engine.record_rejection("invalid")
+        elif err.status == 429:
+            request.app[CONTEXT].engine.record_rejection("overloaded")
     return error_response(err)
 
 

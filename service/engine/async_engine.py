@@ -202,8 +202,8 @@ class AsyncEngine:
 
     def _check_admission(self, num_prompt_tokens: int) -> None:
         cfg = self.config.scheduler
+        # Rejections are counted where the 429 is answered (the HTTP error middleware).
         if cfg.max_queued_requests is not None and self.scheduler.num_waiting >= cfg.max_queued_requests:
-            self.stats.count_rejected("overloaded")
             raise OverloadedError(
                 f"The server is overloaded: {self.scheduler.num_waiting} requests are already waiting "
                 f"(limit {cfg.max_queued_requests}). Retry later."
@@ -212,7 +212,6 @@ class AsyncEngine:
             self.scheduler.num_waiting_tokens + num_prompt_tokens > cfg.max_queued_tokens
             and self.scheduler.num_waiting > 0
         ):
-            self.stats.count_rejected("overloaded")
             raise OverloadedError(
                 f"The server is overloaded: {self.scheduler.num_waiting_tokens} prompt tokens are already "
                 f"waiting (limit {cfg.max_queued_tokens}). Retry later."

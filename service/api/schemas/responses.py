@@ -134,5 +134,6 @@ class HealthResponse(BaseModel):
     problems: list[str]
     running: int
     waiting: int
+    live_requests: int
 
 
