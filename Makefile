@@ -55,8 +55,8 @@ $(PEER_VENV)/bin/transformers: | $(STAMP)
 		"transformers[serving]==$$($(BIN)/python -c 'import transformers; print(transformers.__version__)')"
 
 bench-compare: install model $(PEER_VENV)/bin/transformers
-	$(BIN)/python -m loadtest.compare --servers hfserve,transformers,static --model-dir $(MODEL) \
-		--peer-venv $(PEER_VENV) --out docs/benchmarks.md $(BENCH_ARGS)
+	$(BIN)/python -m loadtest.compare --servers hfserve,hfserve-auto,transformers,static --repeat 3 \
+		--model-dir $(MODEL) --peer-venv $(PEER_VENV) --out docs/benchmarks.md $(BENCH_ARGS)
 
 # The server's own overhead, with a runner that costs nothing (benchmarks/): scheduler + bookkeeping per step at
 # 256 sequences, then the whole service over HTTP against a bare aiohttp server, alternating, in one run.

@@ -3,6 +3,7 @@ against it with the harness, stop it, and print (and optionally write to docs/be
 
 Peers:
   hfserve       this project (`python -m service`)
+  hfserve-auto  the same with `--dtype auto`
   transformers  `transformers serve --continuous-batching`, from its own venv (.venv-peer)
   static        loadtest/static_baseline_server.py: plain `model.generate` on static batches
 
@@ -17,6 +18,7 @@ import os
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,8 @@ STANDARD = {"num_prompts": 128, "max_concurrency": 32, "input_len": 60, "output_
 READY_TIMEOUT_S = 600.0
 # transformers serve rejects unknown body fields (ignore_eos gives 422); an EOS id of -1 disables EOS in its
 # continuous-batching manager, which is what ignore_eos asks for.
+SECTION_START = "<!-- bench-compare:start -->"
+SECTION_END = "<!-- bench-compare:end -->"
 TRANSFORMERS_NO_EOS = orjson.dumps({"generation_config": orjson.dumps({"eos_token_id": -1}).decode()}).decode()
 
 
@@ -65,6 +69,11 @@ def make_peers(model_dir: Path, port: int, python: str, peer_venv: Path, dtype: 
             "hfserve", "this project: continuous batching, paged KV cache",
             [python, "-m", "service", "--model", model, "--served-model-name", model_dir.name, "--host", HOST,
              "--port", str(port), "--dtype", dtype],
+            ["--model", model_dir.name], {}),
+        "hfserve-auto": Peer(
+            "hfserve-auto", "this project with `--dtype auto` (bf16 where the hardware multiplies bf16 fast)",
+            [python, "-m", "service", "--model", model, "--served-model-name", model_dir.name, "--host", HOST,
+             "--port", str(port), "--dtype", "auto"],
             ["--model", model_dir.name], {}),
         "transformers": Peer(
             "transformers", "`transformers serve --continuous-batching` (its own venv)",
@@ -134,7 +143,8 @@ def start_server(peer: Peer, log_dir: Path) -> subprocess.Popen[bytes]:
                                 env={**os.environ, **peer.env}, start_new_session=True)
 
 
-async def bench_one(peer: Peer, port: int, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+async def bench_one(peer: Peer, port: int, args: argparse.Namespace, log_dir: Path,
+                    round_no: int = 1) -> dict[str, Any]:
     proc = start_server(peer, log_dir)
     base_url = f"http://{HOST}:{port}"
     try:
@@ -142,7 +152,7 @@ async def bench_one(peer: Peer, port: int, args: argparse.Namespace, log_dir: Pa
         await wait_ready(proc, base_url, READY_TIMEOUT_S)
         print(f"ready after {time.monotonic() - started:.1f}s", flush=True)
         argv = ["--base-url", base_url, *workload_args(args), *peer.harness_args, "--save-result",
-                "--result-dir", str(log_dir), "--result-filename", f"{peer.name}.json"]
+                "--result-dir", str(log_dir), "--result-filename", f"{peer.name}-{round_no}.json"]
         if args.disable_tqdm:
             argv.append("--disable-tqdm")
         meter = CpuMeter(proc.pid)
@@ -153,6 +163,7 @@ async def bench_one(peer: Peer, port: int, args: argparse.Namespace, log_dir: Pa
     result["peer"] = {"name": peer.name, "description": peer.description, "server_command": peer.command,
                       "harness_args": argv,
                       "other_cpu_cores": other_cpu}
+    result["round"] = round_no
     return result
 
 
@@ -192,12 +203,37 @@ def _ms(r: dict[str, Any], key: str) -> str:
     return "-" if v is None else f"{v:,.1f}"
 
 
+def summary_table(results: list[dict[str, Any]]) -> str:
+    """Median over rounds per server, and each server's output rate against transformers' in the same rounds."""
+    names = list(dict.fromkeys(r["peer"]["name"] for r in results))
+    by = {n: [r for r in results if r["peer"]["name"] == n] for n in names}
+    peer_rate = {r["round"]: r["output_throughput"] for r in by.get("transformers", [])}
+    lines = ["| server | rounds | output tok/s (median) | min | max | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) "
+             "| ITL p99 (ms) | vs transformers (median of per-round ratios) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in names:
+        rs = by[n]
+        rates = [r["output_throughput"] for r in rs]
+        ratios = [r["output_throughput"] / peer_rate[r["round"]] for r in rs if peer_rate.get(r["round"])]
+        ratio = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-"
+
+        def med(key: str, rows: list[dict[str, Any]] = rs) -> str:
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            return f"{statistics.median(vals):,.1f}" if vals else "-"
+
+        lines.append(f"| {n} | {len(rs)} | {statistics.median(rates):,.1f} | {min(rates):,.1f} | {max(rates):,.1f} "
+                     f"| {med('p50_ttft_ms')} | {med('p99_ttft_ms')} | {med('p50_itl_ms')} | {med('p99_itl_ms')} "
+                     f"| {ratio} |")
+    return "\n".join(lines)
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
-    lines = ["| server | completed | failed | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) "
+    lines = ["| round | server | completed | failed | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) "
              "| ITL p99 (ms) | E2EL p50 (ms) | duration (s) | other CPU (cores) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['peer']['name']} | {r['completed']} | {r['failed']} | {r['output_throughput']:,.1f} | "
+        lines.append(f"| {r.get('round', 1)} | {r['peer']['name']} | {r['completed']} | {r['failed']} | "
+                     f"{r['output_throughput']:,.1f} | "
                      f"{_ms(r, 'p50_ttft_ms')} | {_ms(r, 'p99_ttft_ms')} | {_ms(r, 'p50_itl_ms')} | "
                      f"{_ms(r, 'p99_itl_ms')} | {_ms(r, 'p50_e2el_ms')} | {r['duration']:.2f} | "
                      f"{_cores(r['peer']['other_cpu_cores'])} |")
@@ -234,7 +270,7 @@ def render_markdown(results: list[dict[str, Any]], args: argparse.Namespace, pyt
     standard = all(getattr(args, k) == v for k, v in STANDARD.items())
     m = machine_info()
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out = ["# Benchmarks", ""]
+    out = [SECTION_START, "## Against transformers serve and static batching (`make bench-compare`)", ""]
     if not standard:
         out += [f"> **Smoke run, not the standard workload.** {args.num_prompts} requests at "
                 f"{args.max_concurrency} concurrent clients, ~{args.input_len} prompt tokens, {args.output_len} "
@@ -246,7 +282,7 @@ def render_markdown(results: list[dict[str, Any]], args: argparse.Namespace, pyt
         "harness on the same machine. Reproduce with `make bench-compare`; `make bench-compare "
         "BENCH_ARGS=\"--num-prompts 16\"` is a quick smoke run.",
         "",
-        "## Workload",
+        "### Workload",
         "",
         f"- model: `{args.model_dir}` (Llama architecture, random weights), {args.dtype}",
         f"- {args.num_prompts} streamed requests, random dataset: ~{args.input_len} prompt tokens (English words, "
@@ -255,7 +291,11 @@ def render_markdown(results: list[dict[str, Any]], args: argparse.Namespace, pyt
         "- metrics as `vllm bench serve` defines them: TTFT = first content chunk − send; ITL between content "
         "chunks; output tokens from each server's `usage`",
         "",
-        "## Results",
+        "### Results",
+        "",
+        summary_table(results),
+        "",
+        "Every round:",
         "",
         results_table(results),
         "",
@@ -263,16 +303,16 @@ def render_markdown(results: list[dict[str, Any]], args: argparse.Namespace, pyt
         f"the load ran (from /proc; the machine has {os.cpu_count()}). Well above zero, other work shared the CPU "
         "and that row's numbers are not comparable with the others.",
         "",
-        "## Commands",
+        "### Commands",
         "",
     ]
-    for r in results:
+    for r in [r for r in results if r.get("round", 1) == 1]:
         peer = r["peer"]
         out += [f"**{peer['name']}** — {peer['description']}", "", "```",
                 shlex.join(peer["server_command"]),
                 "python -m loadtest " + shlex.join(peer["harness_args"]), "```", ""]
     out += [
-        "## Machine",
+        "### Machine",
         "",
         f"- CPU: {m['cpu']}, {m['cpu_count']} cores; memory {_memory_gib()}",
         f"- {m['platform']}, Python {m['python']}, {_versions(python)}",
@@ -281,7 +321,7 @@ def render_markdown(results: list[dict[str, Any]], args: argparse.Namespace, pyt
         out.append(f"- peer venv ({args.peer_venv}): {_versions(str(Path(args.peer_venv) / 'bin' / 'python'))}")
     out += [
         "",
-        "## Notes on the peers",
+        "### Notes on the peers",
         "",
         "- `transformers serve` rejects body fields it does not know with 422, `ignore_eos` among them, so the "
         "harness sends `generation_config: '{\"eos_token_id\": -1}'` instead (-1 disables EOS in its "
@@ -292,8 +332,23 @@ def render_markdown(results: list[dict[str, Any]], args: argparse.Namespace, pyt
         "- The static baseline batches whatever is waiting (up to the client count) when a batch finishes; "
         "newcomers wait for the whole batch. It streams each step's token as `generate` makes it.",
         "",
+        SECTION_END,
     ]
     return "\n".join(out) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the bench-compare section of `path` (between its markers), keeping the rest of the page."""
+    if not path.exists():
+        path.write_text("# Benchmarks\n\n" + section)
+        return
+    text = path.read_text()
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
+        path.write_text(head + section + ("\n" + tail if tail else ""))
+    else:
+        path.write_text(text.rstrip("\n") + "\n\n" + section)
 
 
 async def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -301,13 +356,15 @@ async def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     log_dir = Path(args.log_dir)
     results = []
     with tempfile.TemporaryDirectory(prefix="hf-cache-") as hf_cache:
-        for name in names:
-            port = free_port()
-            peers = make_peers(Path(args.model_dir), port, sys.executable, Path(args.peer_venv), args.dtype,
-                               args.max_concurrency, Path(hf_cache))
-            if name not in peers:
-                raise ValueError(f"unknown server {name!r}: expected one of {', '.join(peers)}")
-            results.append(await bench_one(peers[name], port, args, log_dir))
+        # Rounds run every server once, in turn, so that drift in the machine's speed hits all of them alike.
+        for round_no in range(1, args.repeat + 1):
+            for name in names:
+                port = free_port()
+                peers = make_peers(Path(args.model_dir), port, sys.executable, Path(args.peer_venv), args.dtype,
+                                   args.max_concurrency, Path(hf_cache))
+                if name not in peers:
+                    raise ValueError(f"unknown server {name!r}: expected one of {', '.join(peers)}")
+                results.append(await bench_one(peers[name], port, args, log_dir, round_no))
     return results
 
 
@@ -326,6 +383,7 @@ def main() -> None:
     p.add_argument("--log-dir", default="bench-results", help="Server logs and result JSONs.")
     p.add_argument("--out", default=None, help="Write the markdown report here (e.g. docs/benchmarks.md).")
     p.add_argument("--disable-tqdm", action="store_true")
+    p.add_argument("--repeat", type=int, default=1, help="Rounds; each runs every server once, in turn.")
     args = p.parse_args()
     if not (Path(args.model_dir) / "config.json").exists():
         p.error(f"{args.model_dir} has no model: build it with `python -m service.model_builder --preset default "
@@ -333,9 +391,10 @@ def main() -> None:
     results = asyncio.run(compare(args))
     print("\n" + results_table(results))
     (Path(args.log_dir) / "compare.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print("\n" + summary_table(results))
     if args.out:
-        Path(args.out).write_text(render_markdown(results, args, sys.executable))
-        print(f"wrote {args.out}")
+        write_section(Path(args.out), render_markdown(results, args, sys.executable))
+        print(f"wrote the bench-compare section of {args.out}")
 
 
 if __name__ == "__main__":
