@@ -9,6 +9,8 @@ for that path, which doubles the memory of the weights: the price of the faster 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -50,7 +52,18 @@ def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
         and dtype in (torch.float32, torch.bfloat16)
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and _cpu_can_pack(dtype)
     )
+
+
+@functools.cache
+def _cpu_can_pack(dtype: torch.dtype) -> bool:
+    """oneDNN's bf16 path needs CPU features (AVX512-BF16 or AVX-NE-CONVERT) that some machines lack: ask it."""
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 def pack_linear_layers(model: nn.Module) -> int:
