@@ -3,12 +3,12 @@ so drift in the machine's speed hits both alike. Prints, per side, the harness's
 chosen Prometheus metrics scraped from the server after its run.
 
     # prefix caching: TTFT on a shared-prefix workload
-    python -m benchmarks.flag_ab --a "--enable-prefix-caching" --b "--no-enable-prefix-caching" \\
-        --harness "--random-prefix-len 512 --random-input-len 32 --random-output-len 16 --num-prompts 64 \\
+    python -m benchmarks.flag_ab --a="--enable-prefix-caching" --b="--no-enable-prefix-caching" \\
+        --harness="--random-prefix-len 512 --random-input-len 32 --random-output-len 16 --num-prompts 64 \\
                    --max-concurrency 8" --metrics prefix_cache_hits_total,prefix_cache_queries_total
 
     # overlapped output processing: the model's idle gap between steps on the standard workload
-    python -m benchmarks.flag_ab --a "--overlap-output-processing" --b "--no-overlap-output-processing" \\
+    python -m benchmarks.flag_ab --a="--overlap-output-processing" --b="--no-overlap-output-processing" \\
         --metrics step_idle_gap_seconds_total,step_idle_gaps_total
 """
 
