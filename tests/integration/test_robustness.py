@@ -182,3 +182,26 @@ async def test_every_response_carries_a_server_request_id(make_client, n):
     assert resp.headers["X-Request-Id"] != "client-chosen"
     bad = await client.post("/v1/completions", json={"max_tokens": 1})
     assert bad.headers["X-Request-Id"].startswith("req-")
+
+
+async def test_dead_engine_turns_health_and_new_requests_into_503(make_client, tiny_model_dir):
+    client = await fake_client(make_client, tiny_model_dir, FakeRunner())
+    engine = client.app[CONTEXT].engine
+    assert (await client.get("/health")).status == 200
+    engine._executor.shutdown(wait=True)  # the model thread is gone
+    first = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert first.status == 503  # the request in hand fails at once rather than hanging
+    health = await client.get("/health")
+    assert health.status == 503
+    assert any("engine stopped" in p for p in (await health.json())["problems"])
+    later = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert later.status == 503
+    assert (await later.json())["error"]["type"] == "service_unavailable"
+
+
+async def test_repeated_step_failures_turn_health_503(make_client, tiny_model_dir):
+    client = await fake_client(make_client, tiny_model_dir, FakeRunner(fail_steps={0, 1, 2}))
+    for _ in range(3):
+        assert (await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})).status == 500
+    assert (await client.get("/health")).status == 503
+    assert (await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})).status == 503
