@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -16,7 +15,7 @@ from service.api.logprobs import completion_logprobs
 from service.api.schemas.completions import CompletionRequest
 from service.api.sse import SSEWriter, TextChunkSink, iterate_deltas
 from service.engine.async_engine import RequestHandle
-from service.engine.output_stream import RequestDelta, RequestResult
+from service.engine.output_stream import RequestResult
 from service.errors import BadRequestError, ServiceError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
@@ -43,11 +42,6 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         body = _full_response(ctx, req, prompts, results, response_id)
         request[USAGE] = body["usage"]
         return json_response(body, headers={"X-Request-Id": response_id})
-
-
-async def _nothing() -> AsyncIterator[tuple[int, RequestDelta]]:
-    return
-    yield  # an empty async generator
 
 
 def _echo_text(ctx: ServerContext, req: CompletionRequest, ids: list[int], index: int) -> str:
@@ -143,30 +137,30 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
             err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
             return await sse.done(err.to_dict())
         last.append(chunk(0, delta.text, None, delta.finish_reason, delta.stop_reason))
-        deltas: AsyncIterator[tuple[int, RequestDelta]] = _nothing()
     else:
-        deltas = iterate_deltas(handles)
-    async for index, delta in deltas:
-        if delta.error is not None:
-            err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
-            return await sse.done(err.to_dict())
-        if delta.finished:
-            unfinished -= 1
-        completion_tokens += len(delta.token_ids)
-        logprobs = None
-        if req.logprobs is not None:
-            logprobs = completion_logprobs(delta.logprobs, ctx.tokenizer.token_text, offsets[index])
-            if req.echo and delta.prompt_logprobs is not None:
-                echoed = completion_logprobs(delta.prompt_logprobs, ctx.tokenizer.token_text, prompt_offsets[index])
-                prompt_offsets[index] += sum(len(t) for t in echoed["tokens"])
-                logprobs = {k: echoed[k] + logprobs[k] for k in logprobs}
-            offsets[index] += len(delta.text)
-        if delta.text or delta.finished or logprobs or (req.return_token_ids and delta.token_ids):
-            payload = chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason, delta.token_ids)
-            if unfinished:
-                await sse.send(payload)
-            else:
-                last.append(payload)
+        async for index, delta in iterate_deltas(handles):
+            if delta.error is not None:
+                err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
+                return await sse.done(err.to_dict())
+            if delta.finished:
+                unfinished -= 1
+            completion_tokens += len(delta.token_ids)
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = completion_logprobs(delta.logprobs, ctx.tokenizer.token_text, offsets[index])
+                if req.echo and delta.prompt_logprobs is not None:
+                    echoed = completion_logprobs(delta.prompt_logprobs, ctx.tokenizer.token_text,
+                                                 prompt_offsets[index])
+                    prompt_offsets[index] += sum(len(t) for t in echoed["tokens"])
+                    logprobs = {k: echoed[k] + logprobs[k] for k in logprobs}
+                offsets[index] += len(delta.text)
+            if delta.text or delta.finished or logprobs or (req.return_token_ids and delta.token_ids):
+                payload = chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
+                                delta.token_ids)
+                if unfinished:
+                    await sse.send(payload)
+                else:
+                    last.append(payload)
     request[USAGE] = usage(sum(len(p) for p in prompts), completion_tokens)
     if req.include_usage:
         last.append({
