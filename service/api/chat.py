@@ -12,10 +12,10 @@ from service.api.errors import json_response, read_json_object
 from service.api.generation import gather_results, submitted, usage
 from service.api.logprobs import chat_logprobs
 from service.api.schemas.chat import ChatCompletionRequest
-from service.api.sse import SSEWriter, iterate_deltas
+from service.api.sse import SSEWriter, StreamChunks, error_frame, iterate_deltas
 from service.engine.async_engine import RequestHandle
 from service.engine.output_stream import RequestResult
-from service.errors import ContextLengthExceededError, ServiceError
+from service.errors import ContextLengthExceededError
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
@@ -75,19 +75,9 @@ async def _stream(request: web.Request, ctx: ServerContext, req: ChatCompletionR
     sse = SSEWriter(request, {"X-Request-Id": response_id})
     await sse.prepare()
 
-    def chunk(index: int, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None,
-              stop_reason: int | str | None = None, token_ids: list[int] | None = None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish,
-                                  "stop_reason": stop_reason}
-        if req.return_token_ids:
-            choice["token_ids"] = token_ids or []
-        body: dict[str, Any] = {
-            "id": response_id, "object": "chat.completion.chunk", "created": created, "model": ctx.model_name,
-            "choices": [choice],
-        }
-        if req.include_usage:
-            body["usage"] = None
-        return body
+    chunks = StreamChunks(response_id, "chat.completion.chunk", created, ctx.model_name, "delta",
+                          req.include_usage, req.return_token_ids)
+    chunk = chunks.choice
 
     # The role comes first, on its own, as OpenAI sends it.
     for i in range(len(handles)):
@@ -95,17 +85,11 @@ async def _stream(request: web.Request, ctx: ServerContext, req: ChatCompletionR
     completion_tokens = 0
     async for index, d in iterate_deltas(handles):
         if d.error is not None:
-            await sse.send_error(d.error if isinstance(d.error, ServiceError) else ServiceError(str(d.error)))
-            return await sse.done()
+            return await sse.done(error_frame(d.error))
         completion_tokens += len(d.token_ids)
         logprobs = chat_logprobs(d.logprobs, ctx.tokenizer.token_text) if req.logprobs and d.logprobs else None
         if d.text or logprobs or d.finished or (req.return_token_ids and d.token_ids):
             delta: dict[str, Any] = {"content": d.text} if d.text else {}
             await sse.send(chunk(index, delta, logprobs, d.finish_reason, d.stop_reason, d.token_ids))
     request[USAGE] = usage(len(prompt), completion_tokens)
-    if req.include_usage:
-        await sse.send({
-            "id": response_id, "object": "chat.completion.chunk", "created": created, "model": ctx.model_name,
-            "choices": [], "usage": request[USAGE],
-        })
-    return await sse.done()
+    return await sse.done(*([chunks.usage(request[USAGE])] if req.include_usage else []))

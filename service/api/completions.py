@@ -13,10 +13,10 @@ from service.api.errors import json_response, read_json_object
 from service.api.generation import gather_results, submitted, usage
 from service.api.logprobs import completion_logprobs
 from service.api.schemas.completions import CompletionRequest
-from service.api.sse import SSEWriter, TextChunkSink, iterate_deltas
+from service.api.sse import SSEWriter, StreamChunks, TextChunkSink, error_frame, iterate_deltas
 from service.engine.async_engine import RequestHandle
 from service.engine.output_stream import RequestResult
-from service.errors import BadRequestError, ServiceError
+from service.errors import BadRequestError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 
@@ -89,19 +89,8 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
     sse = SSEWriter(request, {"X-Request-Id": response_id})
     await sse.prepare()
 
-    def chunk(index: int, text: str, logprobs: Any = None, finish: str | None = None,
-              stop_reason: int | str | None = None, token_ids: list[int] | None = None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish,
-                                  "stop_reason": stop_reason}
-        if req.return_token_ids:
-            choice["token_ids"] = token_ids or []
-        body: dict[str, Any] = {
-            "id": response_id, "object": "text_completion", "created": created, "model": ctx.model_name,
-            "choices": [choice],
-        }
-        if req.include_usage:
-            body["usage"] = None
-        return body
+    chunk = StreamChunks(response_id, "text_completion", created, ctx.model_name, "text", req.include_usage,
+                         req.return_token_ids).choice
 
     completion_tokens = 0
     offsets = [0] * len(handles)  # text offset of the next output token, per choice
@@ -134,14 +123,12 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
                 await write(prefix + orjson.dumps(delta.text) + suffix)
         completion_tokens += sink.num_tokens
         if delta.error is not None:
-            err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
-            return await sse.done(err.to_dict())
+            return await sse.done(error_frame(delta.error))
         last.append(chunk(0, delta.text, None, delta.finish_reason, delta.stop_reason))
     else:
         async for index, delta in iterate_deltas(handles):
             if delta.error is not None:
-                err = delta.error if isinstance(delta.error, ServiceError) else ServiceError(str(delta.error))
-                return await sse.done(err.to_dict())
+                return await sse.done(error_frame(delta.error))
             if delta.finished:
                 unfinished -= 1
             completion_tokens += len(delta.token_ids)
@@ -163,8 +150,6 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
                     last.append(payload)
     request[USAGE] = usage(sum(len(p) for p in prompts), completion_tokens)
     if req.include_usage:
-        last.append({
-            "id": response_id, "object": "text_completion", "created": created, "model": ctx.model_name,
-            "choices": [], "usage": request[USAGE],
-        })
+        last.append(StreamChunks(response_id, "text_completion", created, ctx.model_name, "text", True,
+                                 False).usage(request[USAGE]))
     return await sse.done(*last)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -40,13 +41,48 @@ class SSEWriter:
     async def send(self, payload: dict[str, Any]) -> None:
         await self.response.write(frame(payload))
 
-    async def send_error(self, err: ServiceError) -> None:
-        await self.send(err.to_dict())
-
     async def done(self, *last: dict[str, Any]) -> web.StreamResponse:
         """End the stream: the `last` frames, if any, then `[DONE]`, in a single write."""
         await self.response.write_eof(b"".join(map(frame, last)) + DONE)
         return self.response
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunks:
+    """The chunks of one streamed response: OpenAI's envelope around one choice, or the final usage chunk.
+
+    `field` is the choice's payload key: "text" for completions, "delta" for chat.
+    """
+
+    response_id: str
+    object_type: str  # OpenAI's "object" field
+    created: int
+    model: str
+    field: str
+    include_usage: bool
+    with_token_ids: bool
+
+    def choice(self, index: int, value: Any, logprobs: Any = None, finish_reason: str | None = None,
+               stop_reason: int | str | None = None, token_ids: list[int] | None = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, self.field: value, "logprobs": logprobs,
+                                  "finish_reason": finish_reason, "stop_reason": stop_reason}
+        if self.with_token_ids:
+            choice["token_ids"] = token_ids or []
+        body: dict[str, Any] = {"id": self.response_id, "object": self.object_type, "created": self.created,
+                                "model": self.model, "choices": [choice]}
+        if self.include_usage:
+            body["usage"] = None  # OpenAI sends null here; the counts come once, in usage()
+        return body
+
+    def usage(self, counts: dict[str, object]) -> dict[str, Any]:
+        return {"id": self.response_id, "object": self.object_type, "created": self.created, "model": self.model,
+                "choices": [], "usage": counts}
+
+
+def error_frame(exc: BaseException) -> dict[str, Any]:
+    """A mid-stream failure as an OpenAI error object (the stream then ends with [DONE])."""
+    err = exc if isinstance(exc, ServiceError) else ServiceError(str(exc))
+    return err.to_dict()
 
 
 def frame(payload: dict[str, Any]) -> bytes:

@@ -18,6 +18,7 @@ import structlog
 import torch
 
 from service.embeddings.model import EmbeddingModel
+from service.engine.wakeup import wait_until
 from service.errors import EngineDeadError, EngineStepError, OverloadedError
 
 log = structlog.get_logger("embeddings")
@@ -132,16 +133,11 @@ class EmbeddingBatcher:
                 hook(len(batch), elapsed)
 
     async def _wait_for_batch(self) -> None:
-        deadline = self._queue[0].enqueued + self.batch_wait_timeout_s
-        while len(self._queue) < self.max_batch_size and self._queued_tokens < self.max_batch_tokens:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
-            except TimeoutError:
-                return
+        await wait_until(
+            self._wake,
+            lambda: len(self._queue) >= self.max_batch_size or self._queued_tokens >= self.max_batch_tokens,
+            self._queue[0].enqueued + self.batch_wait_timeout_s,
+        )
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []

@@ -35,6 +35,7 @@ from service.engine.request import Request, RequestStatus
 from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import Scheduler
 from service.engine.stop_strings import StopStringMatcher
+from service.engine.wakeup import wait_for_wake, wait_until
 from service.errors import (
     BadRequestError,
     EngineDeadError,
@@ -240,22 +241,14 @@ class AsyncEngine:
                 self.last_heartbeat = time.monotonic()
                 if in_flight is None:
                     if not self.scheduler.has_unfinished():
-                        self._wake.clear()
-                        try:
-                            await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                        except TimeoutError:
-                            pass
+                        await wait_for_wake(self._wake, 1.0)  # wakes on a new request; ticks the heartbeat
                         continue
                     await self._gather_batch()
                     self._expire_deadlines()
                     in_flight = self._submit(self.scheduler.schedule())
                     if in_flight is None:
                         # Nothing could be scheduled (waiting for room a finishing request will make).
-                        self._wake.clear()
-                        try:
-                            await asyncio.wait_for(self._wake.wait(), timeout=0.01)
-                        except TimeoutError:
-                            pass
+                        await wait_for_wake(self._wake, 0.01)
                     continue
                 step, in_flight = in_flight, None
                 try:
@@ -310,16 +303,8 @@ class AsyncEngine:
         cfg = self.config.scheduler
         if cfg.batch_wait_timeout_s <= 0 or self.scheduler.num_running > 0:
             return
-        deadline = time.monotonic() + cfg.batch_wait_timeout_s
-        while self.scheduler.num_waiting < cfg.batch_wait_min_requests:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
-            except TimeoutError:
-                return
+        await wait_until(self._wake, lambda: self.scheduler.num_waiting >= cfg.batch_wait_min_requests,
+                         time.monotonic() + cfg.batch_wait_timeout_s)
 
     def _record_step(self, sched: SchedulerOutput, out: ModelRunnerOutput, elapsed: float) -> None:
         s = self.stats
