@@ -26,6 +26,7 @@ from service.api.context import ServerContext
 from service.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, ServerConfig
 from service.engine.async_engine import AsyncEngine
 from service.engine.tokenizer import Tokenizer
+from service.gc_policy import settle_after_startup
 from service.logging_setup import configure_logging
 
 __all__ = ["NullRunner", "build_null_context", "null_engine", "text_token_ids"]
@@ -88,8 +89,10 @@ def build_null_context(model_dir: str | Path, server: ServerConfig | None = None
 
 
 async def serve(ctx: ServerContext, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, as service/server.py does (minus the drain)."""
-    runner = web.AppRunner(create_app(ctx), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    """Serve until SIGTERM/SIGINT, as service/server.py does (minus the drain), GC settings included."""
+    app = create_app(ctx)
+    settle_after_startup()
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -14,6 +14,7 @@ from service.config import EngineConfig, ServerConfig
 from service.embeddings.service import EmbeddingService
 from service.engine.factory import build_engine
 from service.errors import ShuttingDownError
+from service.gc_policy import settle_after_startup
 
 log = structlog.get_logger("server")
 
@@ -28,6 +29,7 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig) -> int
         embeddings = await loop.run_in_executor(None, lambda: EmbeddingService(path, device, wait_s))
     ctx = ServerContext(engine, tokenizer, engine_config.model.name, server_config, embeddings)
     app = create_app(ctx)
+    settle_after_startup()
     # handler_cancellation: a client that disconnects cancels its handler, whose `finally` aborts the request.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
