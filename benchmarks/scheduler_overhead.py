@@ -41,6 +41,7 @@ from typing import Any
 from benchmarks.null_runner import NullRunner
 from service.config import SchedulerConfig
 from service.engine.block_manager import BlockManager
+from service.engine.outputs import ModelRunnerOutput
 from service.engine.request import Request
 from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import Scheduler
@@ -183,19 +184,21 @@ class OutputBench:
         self.process = Samples()
         self.read = Samples()
 
-    def _step(self) -> list[Any]:
+    def _step(self) -> ModelRunnerOutput:
         sched = self.engine.scheduler
         so = sched.schedule()
-        return sched.update_from_output(so, self.engine.runner.execute(so))
+        out = self.engine.runner.execute(so)
+        sched.update_from_output(so, out)
+        return out
 
     async def drain(self) -> None:
         for h in self.handles:  # each request has a delta waiting, so none of these suspends
             await h.stream.get()
 
     async def measure_step(self) -> None:
-        updates = self._step()
+        out = self._step()
         t = _clock()
-        self.engine.outputs.process(updates)
+        self.engine.outputs.process(out)
         self.process.add(*_since(t))
         t = _clock()
         await self.drain()

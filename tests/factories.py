@@ -91,6 +91,9 @@ class _CharDetok:
     def append(self, token_ids: list[int]) -> str:
         return "".join(chr(t) for t in token_ids)
 
+    def append_token(self, token_id: int) -> str:
+        return chr(token_id)
+
     def flush(self) -> str:
         return ""
 

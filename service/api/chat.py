@@ -12,7 +12,7 @@ from service.api.errors import json_response, read_json_object
 from service.api.generation import gather_results, submitted, usage
 from service.api.logprobs import chat_logprobs
 from service.api.schemas.chat import ChatCompletionRequest
-from service.api.sse import SSEWriter, StreamChunks, error_frame, iterate_deltas
+from service.api.sse import SSEWriter, StreamChunks, error_frame, iterate_deltas, stream_text
 from service.engine.async_engine import RequestHandle
 from service.engine.output_stream import RequestResult
 from service.errors import ContextLengthExceededError
@@ -83,6 +83,15 @@ async def _stream(request: web.Request, ctx: ServerContext, req: ChatCompletionR
     for i in range(len(handles)):
         await sse.send(chunk(i, {"role": "assistant", "content": ""}))
     completion_tokens = 0
+    if len(handles) == 1 and not req.logprobs and not req.return_token_ids:
+        # The common case: each token's frame is written by the engine's output step itself.
+        d, completion_tokens = await stream_text(request, sse, handles[0], chunk(0, {"content": ""}),
+                                                 ("choices", 0, "delta", "content"))
+        if d.error is not None:
+            return await sse.done(error_frame(d.error))
+        request[USAGE] = usage(len(prompt), completion_tokens)
+        last = [chunk(0, {"content": d.text} if d.text else {}, None, d.finish_reason, d.stop_reason)]
+        return await sse.done(*last, *([chunks.usage(request[USAGE])] if req.include_usage else []))
     async for index, d in iterate_deltas(handles):
         if d.error is not None:
             return await sse.done(error_frame(d.error))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from service.api.context import CONTEXT, REQUEST_ID, USAGE, ServerContext
@@ -13,7 +12,7 @@ from service.api.errors import json_response, read_json_object
 from service.api.generation import gather_results, submitted, usage
 from service.api.logprobs import completion_logprobs
 from service.api.schemas.completions import CompletionRequest
-from service.api.sse import SSEWriter, StreamChunks, TextChunkSink, error_frame, iterate_deltas
+from service.api.sse import SSEWriter, StreamChunks, error_frame, iterate_deltas, stream_text
 from service.engine.async_engine import RequestHandle
 from service.engine.output_stream import RequestResult
 from service.errors import BadRequestError
@@ -103,25 +102,8 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
     unfinished = len(handles)
     last: list[dict[str, Any]] = []  # the final frames, sent in one write with [DONE]
     if len(handles) == 1 and req.logprobs is None and not req.return_token_ids:
-        # The common case, once per generated token: the text is spliced into pre-encoded bytes (the same
-        # JSON chunk() gives) and written by the engine's output step itself; this handler only wakes for
-        # the end, or when the client is slow to read.
-        head = orjson.dumps(chunk(0, "\x00"))
-        cut = head.index(b'"\\u0000"')
-        prefix, suffix = b"data: " + head[:cut], head[cut + len(b'"\\u0000"'):] + b"\n\n"
-        stream = handles[0].stream
-        assert stream is not None
-        sink = TextChunkSink(request, sse.response, prefix, suffix)
-        stream.attach_sink(sink)
-        write = sse.response.write
-        while True:
-            delta = await stream.get()
-            completion_tokens += len(delta.token_ids)
-            if delta.finished:
-                break
-            if delta.text:
-                await write(prefix + orjson.dumps(delta.text) + suffix)
-        completion_tokens += sink.num_tokens
+        # The common case: each token's frame is written by the engine's output step itself.
+        delta, completion_tokens = await stream_text(request, sse, handles[0], chunk(0, ""), ("choices", 0, "text"))
         if delta.error is not None:
             return await sse.done(error_frame(delta.error))
         last.append(chunk(0, delta.text, None, delta.finish_reason, delta.stop_reason))

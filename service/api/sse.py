@@ -90,14 +90,16 @@ def frame(payload: dict[str, Any]) -> bytes:
 
 
 class TextChunkSink:
-    """Writes a stream's text deltas straight to the connection, from the engine's output processing.
+    """Writes a stream's tokens straight to the connection, from the engine's output processing.
 
     A streamed token otherwise costs a wake-up of the handler task and an awaited write; attached to the
-    request's OutputStream (attach_sink), this writes each delta's frame synchronously instead. It declines
-    (and the delta waits for the handler, which then writes with aiohttp's own flow control) when the
-    connection is closing or its send buffer is past `buffer_limit` bytes, and for the final delta.
+    request's OutputStream (attach_sink), this writes each token's frame synchronously instead. It declines
+    (and the token waits for the handler, which then writes with aiohttp's own flow control) when the
+    connection is closing or its send buffer is past `buffer_limit` bytes. The final delta always goes to the
+    handler.
 
-    Each frame is `prefix + json(text) + suffix`: the pre-encoded bytes of a chunk around its text field.
+    Each frame is `prefix + json(text) + suffix`: the pre-encoded bytes of a chunk around its text field. A
+    token whose text is still incomplete (part of a character) is counted and writes nothing.
     """
 
     def __init__(self, request: web.Request, response: web.StreamResponse, prefix: bytes, suffix: bytes,
@@ -111,15 +113,62 @@ class TextChunkSink:
         self._limit = buffer_limit
         self.num_tokens = 0
 
-    def __call__(self, delta: RequestDelta) -> bool:
+    @classmethod
+    def around(cls, request: web.Request, response: web.StreamResponse, chunk: dict[str, Any],
+               path: tuple[str | int, ...]) -> TextChunkSink:
+        """A sink whose frames are `chunk` with the text at `path` (e.g. ("choices", 0, "text"))."""
+        prefix, suffix = split_frame(chunk, path)
+        return cls(request, response, prefix, suffix)
+
+    def frame(self, text: str) -> bytes:
+        return self._prefix + orjson.dumps(text) + self._suffix
+
+    def __call__(self, text: str) -> bool:
         transport = self._transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size() > self._limit:
             return False
-        self.num_tokens += len(delta.token_ids)
-        if delta.text:
-            data = self._prefix + orjson.dumps(delta.text) + self._suffix
+        self.num_tokens += 1
+        if text:
+            data = self._prefix + orjson.dumps(text) + self._suffix
             transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         return True
+
+
+async def stream_text(request: web.Request, sse: SSEWriter, handle: RequestHandle, chunk: dict[str, Any],
+                      path: tuple[str | int, ...]) -> tuple[RequestDelta, int]:
+    """Stream one choice's text, each token's frame written from the engine's output step (TextChunkSink).
+
+    `chunk` is the frame of one text delta, its text at `path`. The handler only wakes for the end, or to write
+    what the sink declined while the client was slow to read. Returns the final delta (not yet sent) and the
+    number of tokens generated.
+    """
+    stream = handle.stream
+    assert stream is not None
+    sink = TextChunkSink.around(request, sse.response, chunk, path)
+    stream.attach_sink(sink)
+    num_tokens = 0
+    while True:
+        delta = await stream.get()
+        num_tokens += len(delta.token_ids)
+        if delta.finished:
+            return delta, num_tokens + sink.num_tokens
+        if delta.text:
+            await sse.response.write(sink.frame(delta.text))
+
+
+_MARK = "\x00"  # the text's placeholder: no other field of a chunk holds it, and orjson writes it as \u0000
+_MARK_JSON = b'"\\u0000"'
+
+
+def split_frame(chunk: dict[str, Any], path: tuple[str | int, ...]) -> tuple[bytes, bytes]:
+    """The SSE frame of `chunk` cut around the string at `path`: frame = prefix + json(text) + suffix."""
+    inner: Any = chunk
+    for key in path[:-1]:
+        inner = inner[key]
+    inner[path[-1]] = _MARK
+    encoded = orjson.dumps(chunk)
+    cut = encoded.index(_MARK_JSON)
+    return b"data: " + encoded[:cut], encoded[cut + len(_MARK_JSON):] + b"\n\n"
 
 
 async def iterate_deltas(handles: list[RequestHandle]) -> AsyncIterator[tuple[int, RequestDelta]]:

@@ -193,8 +193,9 @@ class AsyncEngine:
             future=future,
             stream=out_stream,
             detok=self.tokenizer.detokenizer(request.prompt_token_ids, params.skip_special_tokens),
-            stops=StopStringMatcher(params.stop),
+            stops=StopStringMatcher(params.stop) if params.stop else None,
             deadline=time.monotonic() + timeout_s if timeout_s is not None else None,
+            logprobs=[] if params.logprobs is not None else None,
         )
         self.scheduler.add_request(request)
         self.outputs.add(live)
@@ -258,13 +259,13 @@ class AsyncEngine:
                     self._on_step_failure(step.sched, exc)
                     continue
                 self._consecutive_failures = 0
-                updates = self.scheduler.update_from_output(step.sched, out)
+                self.scheduler.update_from_output(step.sched, out)
                 self._record_step(step.sched, out, out.finished_at - step.submitted_at)
                 if self.dead_reason is not None:
                     return
-                if not self.config.scheduler.overlap_output_processing:
-                    self.outputs.process(updates)
-                    updates = []
+                processed = not self.config.scheduler.overlap_output_processing
+                if processed:
+                    self.outputs.process(out)
                 self._expire_deadlines()
                 if self.scheduler.has_unfinished():
                     in_flight = self._submit(self.scheduler.schedule())
@@ -272,7 +273,8 @@ class AsyncEngine:
                     self.stats.record_gap(in_flight.submitted_at - out.finished_at)
                 else:
                     self.step_in_flight_since = None
-                self.outputs.process(updates)
+                if not processed:
+                    self.outputs.process(out)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

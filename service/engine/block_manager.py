@@ -139,18 +139,18 @@ class BlockManager:
         self._tables[rid] = table
         return True
 
-    def grow(self, request: Request, num_tokens: int) -> list[int] | None:
+    def grow(self, request: Request, num_tokens: int) -> tuple[int, ...] | None:
         """For a request that already holds blocks: hold enough for `num_tokens`. Returns the ids of the blocks
         added (usually none), or None, changing nothing, if the free list is too short."""
         table = self._tables[request.request_id]
         missing = -(-num_tokens // self.block_size) - len(table)
         if missing <= 0:
-            return []
+            return ()
         if missing > len(self._free):
             return None
         added = [self._take_free_block() for _ in range(missing)]
         table.extend(added)
-        return [b.block_id for b in added]
+        return tuple(b.block_id for b in added)
 
     def _take_free_block(self) -> KVBlock:
         _, block = self._free.popitem(last=False)

@@ -22,6 +22,7 @@ CONTEXT_TOKENS = 5
 
 class Detokenizer(Protocol):
     def append(self, token_ids: list[int]) -> str: ...
+    def append_token(self, token_id: int) -> str: ...
     def flush(self) -> str: ...
 
 
@@ -29,14 +30,27 @@ class ByteLevelDetokenizer:
     def __init__(self, table: list[bytes]) -> None:
         self._table = table
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._holding = False  # the decoder holds the first bytes of an incomplete character
+
+    def append_token(self, token_id: int) -> str:
+        data = self._table[token_id]
+        if not self._holding:
+            try:
+                return data.decode()  # whole characters: most tokens, with no decoder state to carry
+            except UnicodeDecodeError:
+                pass
+        return self._decode(data)
 
     def append(self, token_ids: list[int]) -> str:
-        table = self._table
-        if len(token_ids) == 1:
-            return self._decoder.decode(table[token_ids[0]])
-        return self._decoder.decode(b"".join(table[t] for t in token_ids))
+        return self._decode(b"".join(self._table[t] for t in token_ids))
+
+    def _decode(self, data: bytes) -> str:
+        text = self._decoder.decode(data)
+        self._holding = bool(self._decoder.getstate()[0])
+        return text
 
     def flush(self) -> str:
+        self._holding = False
         return self._decoder.decode(b"", final=True)
 
 
@@ -51,6 +65,9 @@ class OffsetDetokenizer:
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=self._skip, clean_up_tokenization_spaces=False))
+
+    def append_token(self, token_id: int) -> str:
+        return self.append([token_id])
 
     def append(self, token_ids: list[int]) -> str:
         self._ids.extend(token_ids)

@@ -1,8 +1,12 @@
 """Loop-side life of each request after it is queued: its text (incremental detokenization, stop strings),
 its stream deltas, and the one result or error that resolves its future.
 
-    RequestUpdate (tokens, logprobs) ──> detokenize ──> stop strings ──> OutputStream delta
-                                                                     └─> at the end: Future result / error
+    ModelRunnerOutput (sampled tokens, logprobs) ──> detokenize ──> stop strings ──> OutputStream
+                                                                                └─> at the end: Future result / error
+
+It runs once per step for every request that sampled, so the common case (a token, its text, a stream) is kept
+to a few attribute reads and calls; logprobs, stop strings and prompt logprobs cost only the requests that use
+them.
 """
 
 from __future__ import annotations
@@ -15,9 +19,8 @@ from dataclasses import dataclass, field
 from service.engine.detokenizer import Detokenizer
 from service.engine.engine_stats import EngineStats
 from service.engine.output_stream import OutputStream, RequestDelta, RequestResult
-from service.engine.outputs import TokenLogprobs
-from service.engine.request import Request, RequestStatus
-from service.engine.scheduler import RequestUpdate
+from service.engine.outputs import ModelRunnerOutput, TokenLogprobs
+from service.engine.request import LAST_UNFINISHED, Request, RequestStatus
 from service.engine.stop_strings import StopStringMatcher
 from service.errors import ServiceError
 
@@ -30,10 +33,10 @@ class LiveRequest:
     future: asyncio.Future[RequestResult]
     stream: OutputStream | None
     detok: Detokenizer
-    stops: StopStringMatcher
+    stops: StopStringMatcher | None  # None: the request has no stop strings
     deadline: float | None
+    logprobs: list[TokenLogprobs | None] | None  # None: the request did not ask for logprobs
     text: list[str] = field(default_factory=list)
-    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
@@ -50,37 +53,49 @@ class OutputProcessor:
         self.live[live.request.request_id] = live
         self.idle.clear()
 
-    def process(self, updates: list[RequestUpdate]) -> None:
-        for update in updates:
-            request = update.request
-            live = self.live.get(request.request_id)
+    def process(self, out: ModelRunnerOutput) -> None:
+        """Deliver one step's results, after the scheduler applied them (update_from_output).
+
+        A request that is no longer live (aborted, timed out) while the step ran has nothing delivered; the
+        scheduler dropped its token too.
+        """
+        live_map = self.live
+        prompt_lps = out.prompt_logprobs
+        for rid, token, logprobs in zip(out.request_ids, out.sampled_token_ids, out.logprobs, strict=True):
+            live = live_map.get(rid)
             if live is None:
                 continue
-            text = ""
-            if update.new_token_ids:
-                live.logprobs.extend(update.new_logprobs)
-                text = self._emit_text(live, live.detok.append(update.new_token_ids))
-            delta = RequestDelta(text, update.new_token_ids, update.new_logprobs, update.prompt_logprobs)
-            if update.prompt_logprobs is not None:
-                live.prompt_logprobs = (live.prompt_logprobs or []) + update.prompt_logprobs
-            if request.is_finished:
-                # Release held-back bytes, then held-back text, unless a stop string already ended it (the
-                # flushed bytes may themselves complete a stop string).
-                if not isinstance(request.stop_reason, str):
-                    delta.text += self._emit_text(live, live.detok.flush())
-                if not isinstance(request.stop_reason, str):
-                    delta.text += live.stops.flush()
-                live.text.append(delta.text)
-                self.finish(request.request_id, last_delta=delta)
-            else:
-                live.text.append(delta.text)
-                if live.stream is not None and (delta.text or delta.token_ids or delta.prompt_logprobs):
-                    live.stream.put(delta)
+            if live.logprobs is not None:
+                live.logprobs.append(logprobs)
+            text = live.detok.append_token(token)
+            if text and live.stops is not None:
+                text = self._through_stops(live, text)
+            prompt_lp = prompt_lps.get(rid) if prompt_lps else None
+            if prompt_lp is not None:
+                live.prompt_logprobs = (live.prompt_logprobs or []) + prompt_lp
+            if live.request.status > LAST_UNFINISHED:
+                self._finish_last(live, RequestDelta(text, [token], [logprobs], prompt_lp))
+                continue
+            live.text.append(text)
+            if live.stream is not None:
+                live.stream.put_token(text, token, logprobs, prompt_lp)
+        if prompt_lps:
+            self._deliver_unsampled_prompt_logprobs(out)
 
-    def _emit_text(self, live: LiveRequest, text: str) -> str:
+    def _deliver_unsampled_prompt_logprobs(self, out: ModelRunnerOutput) -> None:
+        """Prompt logprobs of prefill chunks that sampled nothing (a long prompt, prefilled in chunks)."""
+        sampled = set(out.request_ids)
+        for rid, prompt_lp in out.prompt_logprobs.items():
+            live = self.live.get(rid)
+            if rid in sampled or live is None:
+                continue
+            live.prompt_logprobs = (live.prompt_logprobs or []) + prompt_lp
+            if live.stream is not None:
+                live.stream.put(RequestDelta(prompt_logprobs=prompt_lp))
+
+    def _through_stops(self, live: LiveRequest, text: str) -> str:
         """Pass new text through the stop-string matcher; end the request if a stop string appears."""
-        if not text:
-            return ""
+        assert live.stops is not None
         emit, hit = live.stops.feed(text)
         if hit is not None:
             request = live.request
@@ -89,6 +104,20 @@ class OutputProcessor:
             request.status = RequestStatus.FINISHED_STOPPED
             request.stop_reason = hit
         return emit
+
+    def _finish_last(self, live: LiveRequest, delta: RequestDelta) -> None:
+        # Release held-back bytes, then held-back text, unless a stop string already ended it (the flushed bytes
+        # may themselves complete a stop string).
+        request = live.request
+        if not isinstance(request.stop_reason, str):
+            tail = live.detok.flush()
+            if tail and live.stops is not None:
+                tail = self._through_stops(live, tail)
+            delta.text += tail
+        if not isinstance(request.stop_reason, str) and live.stops is not None:
+            delta.text += live.stops.flush()
+        live.text.append(delta.text)
+        self.finish(request.request_id, last_delta=delta)
 
     def finish(self, request_id: str, *, error: ServiceError | None = None,
                last_delta: RequestDelta | None = None) -> None:
@@ -118,7 +147,7 @@ class OutputProcessor:
             stop_reason=request.stop_reason,
             num_prompt_tokens=request.num_prompt_tokens,
             num_cached_tokens=request.num_cached_tokens,
-            logprobs=live.logprobs,
+            logprobs=live.logprobs if live.logprobs is not None else [],
             prompt_logprobs=live.prompt_logprobs,
             queue_time_s=(request.first_scheduled_time - request.arrival_time)
             if request.first_scheduled_time is not None else None,

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 from service.engine.outputs import TokenLogprobs
 
+# Takes one sampled token's text ("" while a character's bytes are incomplete) for direct delivery; returns
+# False to decline it.
+TokenSink = Callable[[str], bool]
+
 
 @dataclass(slots=True)
 class RequestDelta:
@@ -68,23 +72,31 @@ class OutputStream:
         self._pending: RequestDelta | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        self._sink: Callable[[RequestDelta], bool] | None = None
+        self._sink: TokenSink | None = None
 
-    def attach_sink(self, sink: Callable[[RequestDelta], bool] | None) -> None:
-        """Let `sink` take deltas as they are put, instead of waking the reader for each one.
+    def attach_sink(self, sink: TokenSink | None) -> None:
+        """Let `sink` take tokens' text as they are put, instead of waking the reader for each one.
 
-        The sink may refuse a delta (return False), which then waits for the reader as usual. It is only offered
-        a delta when nothing is pending, so deltas reach the client in order whichever path they take.
+        The sink may refuse (return False); the token then waits for the reader as a delta, as usual. It is only
+        offered a token when nothing is pending, so text reaches the client in order whichever path it takes.
+        Tokens carrying prompt logprobs, and the final delta, always go to the reader.
         """
         self._sink = sink
+
+    def put_token(self, text: str, token_id: int, logprobs: TokenLogprobs | None,
+                  prompt_logprobs: list[TokenLogprobs | None] | None = None) -> None:
+        """One sampled token (not the last): the per-token fast path of put()."""
+        sink = self._sink
+        if sink is not None and self._pending is None and prompt_logprobs is None and not self._closed \
+                and sink(text):
+            return
+        self.put(RequestDelta(text, [token_id], [logprobs], prompt_logprobs))
 
     def put(self, delta: RequestDelta) -> None:
         if self._closed:
             return
         if delta.finished:
             self._closed = True
-        elif self._pending is None and self._sink is not None and self._sink(delta):
-            return
         if self._pending is None:
             self._pending = delta
         else:

@@ -25,10 +25,10 @@ class RequestStatus(enum.IntEnum):
 
     @property
     def is_finished(self) -> bool:
-        return self in _FINISHED
+        return self > LAST_UNFINISHED  # an int comparison: enum hashing costs more, and this runs per token
 
 
-_FINISHED = frozenset(s for s in RequestStatus if s > RequestStatus.PREEMPTED)
+LAST_UNFINISHED = RequestStatus.PREEMPTED
 
 
 class FinishReason(enum.StrEnum):
@@ -91,7 +91,7 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return self.status in _FINISHED
+        return self.status > LAST_UNFINISHED
 
     @property
     def finish_reason(self) -> FinishReason | None:

@@ -15,30 +15,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
 
 from service.config import SchedulerConfig
 from service.engine.block_manager import BlockManager
-from service.engine.outputs import (
-    ModelRunnerOutput,
-    NewRequestData,
-    ScheduledChunk,
-    SchedulerOutput,
-    TokenLogprobs,
-)
+from service.engine.outputs import ModelRunnerOutput, NewRequestData, ScheduledChunk, SchedulerOutput
 from service.engine.request import Request, RequestStatus
 from service.engine.request_queue import PriorityQueue, make_queue
 from service.errors import BadRequestError, ContextLengthExceededError
-
-
-@dataclass(slots=True)
-class RequestUpdate:
-    """What one step did to one request, for the output processor."""
-
-    request: Request
-    new_token_ids: list[int]
-    new_logprobs: list[TokenLogprobs | None]
-    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 class Scheduler:
@@ -164,7 +147,7 @@ class Scheduler:
                 continue
             if (computed + n) // bs != computed // bs:
                 bm.cache_full_blocks(request, computed + n)  # a block filled up
-            chunks.append(ScheduledChunk(request.request_id, computed, n, tuple(new_blocks), False,
+            chunks.append(ScheduledChunk(request.request_id, computed, n, new_blocks, False,
                                          computed + n == num_tokens))
             scheduled.add(request.request_id)
             budget -= n
@@ -224,28 +207,25 @@ class Scheduler:
         return request.num_prompt_tokens if request.want_prompt_logprobs else 0
 
     # ---- applying a step's results -------------------------------------------------------------------------
-    def update_from_output(self, sched: SchedulerOutput, out: ModelRunnerOutput) -> list[RequestUpdate]:
-        sampled = dict(zip(out.request_ids, zip(out.sampled_token_ids, out.logprobs, strict=True), strict=True))
-        prompt_lps = out.prompt_logprobs
-        updates: list[RequestUpdate] = []
-        now = time.monotonic()
+    def update_from_output(self, sched: SchedulerOutput, out: ModelRunnerOutput) -> None:
+        """Apply a step: advance each chunk's computed tokens, append sampled tokens, end what must stop.
+
+        Requests that ended while the step ran (aborted) are skipped: their results are dropped. The output
+        processor then reads the same ModelRunnerOutput for text and streams.
+        """
         requests = self.requests
         running_status = RequestStatus.RUNNING
-        any_finished = False
         for chunk in sched.chunks:
-            rid = chunk.request_id
+            request = requests.get(chunk.request_id)
+            if request is not None and request.status == running_status:
+                request.num_computed_tokens += chunk.num_tokens
+        now = time.monotonic()
+        any_finished = False
+        for rid, token in zip(out.request_ids, out.sampled_token_ids, strict=True):
             request = requests.get(rid)
             if request is None or request.status != running_status:
-                continue  # ended (aborted) while the step ran; its result is dropped
-            request.num_computed_tokens += chunk.num_tokens
-            prompt_lp = prompt_lps.get(rid) if prompt_lps else None
-            if not chunk.sample:
-                if prompt_lp is not None:
-                    updates.append(RequestUpdate(request, [], [], prompt_lp))
                 continue
-            token, logprobs = sampled[rid]
             request.append_output_token(token, now)
-            updates.append(RequestUpdate(request, [token], [logprobs], prompt_lp))
             status = self._check_stop(request, token)
             if status is not None:
                 del requests[rid]
@@ -253,7 +233,6 @@ class Scheduler:
                 any_finished = True
         if any_finished:
             self.running = [r for r in self.running if r.status == running_status]
-        return updates
 
     def _check_stop(self, request: Request, token: int) -> RequestStatus | None:
         params = request.sampling_params
