@@ -2,15 +2,20 @@
 
 Counters and gauges are read from the engine's own plain counters at scrape time (the engine imports no
 prometheus); histograms are observed through the engine's hooks as requests and steps finish.
+
+Every observation happens on the event-loop thread, once per request or step, so histograms are plain bucket
+counts (LoopHistogram: a bisect and two additions, no lock) that prometheus_client renders at scrape time.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from service.embeddings.batcher import EmbeddingBatcher
 from service.engine.async_engine import AsyncEngine
@@ -75,15 +80,51 @@ def _labelled_counter(name: str, doc: str, label: str, values: dict[str, int]) -
     return family
 
 
+class LoopHistogram:
+    """A Prometheus histogram observed from one thread only (the event loop): no lock, a bisect per value."""
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
+        if list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"{name}: buckets must be strictly increasing")
+        self.name = name
+        self.doc = doc
+        self.bounds = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # first bound >= value: Prometheus's `le`
+        self.sum += value
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        return HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=self.sum)
+
+
+class HistogramCollector(Collector):
+    def __init__(self, histograms: list[LoopHistogram]) -> None:
+        self.histograms = histograms
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        for h in self.histograms:
+            yield h.family()
+
+
 class Metrics:
     """One registry per server (not the global one), so tests and embedded uses never collide."""
 
     def __init__(self, engine: AsyncEngine, embeddings: EmbeddingBatcher | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_EngineCollector(engine, embeddings))
+        histograms: list[LoopHistogram] = []
+        self.registry.register(HistogramCollector(histograms))
 
-        def hist(name: str, doc: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
-            return Histogram(PREFIX + name, doc, buckets=buckets, registry=self.registry)
+        def hist(name: str, doc: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> LoopHistogram:
+            histograms.append(LoopHistogram(PREFIX + name, doc, buckets))
+            return histograms[-1]
 
         self.ttft = hist("time_to_first_token_seconds", "Arrival to first generated token.")
         self.tpot = hist("time_per_output_token_seconds", "Mean time between output tokens of a request.")

@@ -175,8 +175,8 @@ class AsyncEngine:
         if not prompt_token_ids:
             raise BadRequestError("The prompt is empty.", param="prompt")
         vocab = self.runner.vocab_size
-        bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
-        if bad is not None:
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
+            bad = next(t for t in prompt_token_ids if not 0 <= t < vocab)
             raise BadRequestError(f"Token id {bad} is outside the vocabulary [0, {vocab}).", param="prompt")
         self.scheduler.check_fits(len(prompt_token_ids), params.max_tokens)
         self._check_admission(len(prompt_token_ids))

@@ -26,10 +26,14 @@ class Detokenizer(Protocol):
     def flush(self) -> str: ...
 
 
+_UTF8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
 class ByteLevelDetokenizer:
     def __init__(self, table: list[bytes]) -> None:
         self._table = table
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # Made on the first token that is not whole characters on its own; most requests never need it.
+        self._decoder: codecs.IncrementalDecoder | None = None
         self._holding = False  # the decoder holds the first bytes of an incomplete character
 
     def append_token(self, token_id: int) -> str:
@@ -44,14 +48,15 @@ class ByteLevelDetokenizer:
     def append(self, token_ids: list[int]) -> str:
         return self._decode(b"".join(self._table[t] for t in token_ids))
 
-    def _decode(self, data: bytes) -> str:
-        text = self._decoder.decode(data)
+    def _decode(self, data: bytes, final: bool = False) -> str:
+        if self._decoder is None:
+            self._decoder = _UTF8Decoder(errors="replace")
+        text = self._decoder.decode(data, final)
         self._holding = bool(self._decoder.getstate()[0])
         return text
 
     def flush(self) -> str:
-        self._holding = False
-        return self._decoder.decode(b"", final=True)
+        return self._decode(b"", final=True) if self._holding else ""
 
 
 class OffsetDetokenizer:
