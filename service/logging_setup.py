@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import MutableMapping
+from typing import Any
 
 import orjson
 import structlog
@@ -17,7 +20,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_utc_timestamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -27,3 +30,23 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         else structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class _SecondCache:
+    """The formatted date and time of the current second, reformatted only when the second changes."""
+
+    second = -1
+    text = ""
+
+
+def add_utc_timestamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """`timestamp`: ISO 8601 UTC with microseconds, as structlog's TimeStamper(fmt="iso", utc=True) writes it.
+
+    Every access line carries one, so the date part is formatted once a second rather than once a line.
+    """
+    now = time.time()
+    second = int(now)
+    if second != _SecondCache.second:
+        _SecondCache.second, _SecondCache.text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    event_dict["timestamp"] = f"{_SecondCache.text}.{int((now - second) * 1e6):06d}Z"
+    return event_dict

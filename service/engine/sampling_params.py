@@ -37,6 +37,19 @@ class SamplingParams:
     skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
+        # One expression for the common, valid case; _explain() finds what is wrong otherwise.
+        if not (
+            self.max_tokens >= 1 and 0.0 <= self.temperature <= 2.0 and 0.0 < self.top_p <= 1.0
+            and self.top_k >= 0 and 0.0 <= self.min_p <= 1.0 and 0.0 < self.repetition_penalty <= 2.0
+            and -2.0 <= self.presence_penalty <= 2.0 and -2.0 <= self.frequency_penalty <= 2.0
+            and 0 <= self.min_tokens <= self.max_tokens and len(self.stop) <= MAX_STOP_STRINGS and all(self.stop)
+            and len(self.logit_bias) <= MAX_LOGIT_BIAS_ENTRIES
+            and (not self.logit_bias or all(-100.0 <= b <= 100.0 for _, b in self.logit_bias))
+            and (self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS)
+        ):
+            self._explain()
+
+    def _explain(self) -> None:
         _check(self.max_tokens >= 1, "max_tokens", self.max_tokens, "must be at least 1")
         _check(0.0 <= self.temperature <= 2.0, "temperature", self.temperature, "must be in [0, 2]")
         _check(0.0 < self.top_p <= 1.0, "top_p", self.top_p, "must be in (0, 1]")
@@ -60,6 +73,7 @@ class SamplingParams:
         if self.logprobs is not None:
             _check(0 <= self.logprobs <= MAX_TOP_LOGPROBS, "logprobs", self.logprobs,
                    f"must be in [0, {MAX_TOP_LOGPROBS}]")
+        raise AssertionError("the fast check and _explain() disagree")  # pragma: no cover
 
     @property
     def greedy(self) -> bool:
