@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -110,6 +111,7 @@ class AsyncEngine:
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:8]
         self._consecutive_failures = 0
+        self._next_deadline = math.inf  # no live request's deadline is earlier
         self.dead_reason: str | None = None
         self.draining = False
         self.step_in_flight_since: float | None = None
@@ -184,6 +186,9 @@ class AsyncEngine:
         rid = request_id or self.new_request_id()
         request = Request(rid, list(prompt_token_ids), params, eos_token_ids=self.eos_token_ids,
                           priority=priority, want_prompt_logprobs=want_prompt_logprobs)
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        if deadline is not None and deadline < self._next_deadline:
+            self._next_deadline = deadline
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RequestResult] = loop.create_future()
         future.add_done_callback(_retrieve_exception)
@@ -194,7 +199,7 @@ class AsyncEngine:
             stream=out_stream,
             detok=self.tokenizer.detokenizer(request.prompt_token_ids, params.skip_special_tokens),
             stops=StopStringMatcher(params.stop) if params.stop else None,
-            deadline=time.monotonic() + timeout_s if timeout_s is not None else None,
+            deadline=deadline,
             logprobs=[] if params.logprobs is not None else None,
         )
         self.scheduler.add_request(request)
@@ -347,8 +352,12 @@ class AsyncEngine:
 
     def _expire_deadlines(self) -> None:
         now = time.monotonic()
+        if now < self._next_deadline:
+            return  # the common case, checked every step: no deadline can have passed yet
         expired = [rid for rid, live in self.outputs.live.items()
                    if live.deadline is not None and live.deadline <= now]
+        self._next_deadline = min((live.deadline for live in self.outputs.live.values()
+                                   if live.deadline is not None and live.deadline > now), default=math.inf)
         for rid in expired:
             self.scheduler.finish_request(rid, RequestStatus.FINISHED_ABORTED)
             self.stats.count_rejected("timeout")

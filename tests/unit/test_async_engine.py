@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -136,6 +137,23 @@ async def test_deadline_aborts_with_timeout_error():
     with pytest.raises(RequestTimeoutError):
         await h.result()
     assert engine.scheduler.num_running == 0
+    await engine.stop()
+
+
+async def test_each_deadline_fires_in_turn_and_none_early():
+    engine = await make_engine(FakeRunner(step_delay_s=0.01))
+    later = engine.add_request([65], params(400), timeout_s=0.4)
+    sooner = engine.add_request([66], params(400), timeout_s=0.1)
+    none = engine.add_request([67], params(400))
+    t0 = time.monotonic()
+    with pytest.raises(RequestTimeoutError):
+        await sooner.result()
+    assert not later.future.done() and not none.future.done()
+    with pytest.raises(RequestTimeoutError):
+        await later.result()
+    assert 0.35 <= time.monotonic() - t0 < 2.0
+    assert not none.future.done()
+    engine.abort(none.request_id)
     await engine.stop()
 
 
