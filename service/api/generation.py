@@ -5,8 +5,7 @@ client went away)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 from service.api.context import ServerContext
 from service.api.schemas.sampling import SamplingFields
@@ -14,8 +13,32 @@ from service.engine.async_engine import RequestHandle
 from service.engine.output_stream import RequestResult
 
 
-@asynccontextmanager
-async def submitted(
+class Submission:
+    """The engine requests of one HTTP request, as an async context manager that yields their handles and, on
+    exit, aborts any that has not finished.
+
+    A plain class rather than @asynccontextmanager: it is entered once per request, and this way costs no
+    generator.
+    """
+
+    __slots__ = ("_ctx", "handles")
+
+    def __init__(self, ctx: ServerContext, handles: list[RequestHandle]) -> None:
+        self._ctx = ctx
+        self.handles = handles
+
+    async def __aenter__(self) -> list[RequestHandle]:
+        return self.handles
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        # The handler is cancelled when the client disconnects (handler_cancellation), or a write to the
+        # closed stream fails: either way nobody is listening any more.
+        client_gone = exc_type is not None and issubclass(exc_type, (asyncio.CancelledError, ConnectionResetError))
+        abort_unfinished(self._ctx, self.handles, client_gone)
+
+
+def submitted(
     ctx: ServerContext,
     prompts: list[list[int]],
     fields: SamplingFields,
@@ -23,14 +46,13 @@ async def submitted(
     max_tokens: list[int],
     logprobs: int | None,
     want_prompt_logprobs: bool = False,
-) -> AsyncIterator[list[RequestHandle]]:
-    """Queue n requests per prompt; on exit, abort any that has not finished.
+) -> Submission:
+    """Queue n requests per prompt (`async with submitted(...) as handles`); see Submission.
 
     `max_tokens[i]` is the budget of prompt i. Choice j of a seeded request uses seed + j, so the n choices
-    differ but each is reproducible.
+    differ but each is reproducible. If one cannot be queued (429, 400), those already queued are aborted.
     """
     handles: list[RequestHandle] = []
-    client_gone = False
     try:
         for i, ids in enumerate(prompts):
             for j in range(fields.n):
@@ -40,18 +62,18 @@ async def submitted(
                     timeout_s=ctx.timeout_for(fields.request_timeout),
                     want_prompt_logprobs=want_prompt_logprobs,
                 ))
-        yield handles
-    except (asyncio.CancelledError, ConnectionResetError):
-        # The handler is cancelled when the client disconnects (handler_cancellation), or a write to the
-        # closed stream fails: either way nobody is listening any more.
-        client_gone = True
+    except BaseException:
+        abort_unfinished(ctx, handles, client_gone=False)
         raise
-    finally:
-        unfinished = [h for h in handles if ctx.engine.is_live(h.request_id)]
-        if client_gone and unfinished:
-            ctx.engine.stats.client_disconnects += 1
-        for h in unfinished:
-            ctx.engine.abort(h.request_id)
+    return Submission(ctx, handles)
+
+
+def abort_unfinished(ctx: ServerContext, handles: list[RequestHandle], client_gone: bool) -> None:
+    unfinished = [h for h in handles if ctx.engine.is_live(h.request_id)]
+    if client_gone and unfinished:
+        ctx.engine.stats.client_disconnects += 1
+    for h in unfinished:
+        ctx.engine.abort(h.request_id)
 
 
 async def gather_results(handles: list[RequestHandle]) -> list[RequestResult]:

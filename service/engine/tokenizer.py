@@ -56,7 +56,7 @@ class Tokenizer:
     def encode_now(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Tokenize on the calling thread (holds the GIL: for short texts)."""
         if self._backend is not None:
-            return list(self._backend.encode(text, add_special_tokens=add_special_tokens).ids)
+            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids  # a fresh list
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
     def _encode_releasing_gil(self, text: str, add_special_tokens: bool) -> list[int]:
