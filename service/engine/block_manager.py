@@ -180,8 +180,7 @@ class BlockManager:
         for i in range(done, full):
             block = table[i]
             if block.digest is None:
-                tokens = [request.token_at(j) for j in range(i * bs, (i + 1) * bs)]
-                block.digest = block_digest(parent, tokens)
+                block.digest = block_digest(parent, request.token_ids_between(i * bs, (i + 1) * bs))
                 self._cached.setdefault(block.digest, block)
             parent = block.digest
         self._num_digested[rid] = full

@@ -97,9 +97,14 @@ class Request:
     def finish_reason(self) -> FinishReason | None:
         return _FINISH_REASONS.get(self.status)
 
-    def token_at(self, index: int) -> int:
-        n = len(self.prompt_token_ids)
-        return self.prompt_token_ids[index] if index < n else self.output_token_ids[index - n]
+    def token_ids_between(self, start: int, end: int) -> list[int]:
+        """The known tokens at positions [start, end): prompt, then output."""
+        prompt, n = self.prompt_token_ids, len(self.prompt_token_ids)
+        if end <= n:
+            return prompt[start:end]
+        if start >= n:
+            return self.output_token_ids[start - n:end - n]
+        return prompt[start:] + self.output_token_ids[:end - n]
 
     def append_output_token(self, token_id: int, now: float) -> None:
         if self.first_token_time is None:

@@ -123,8 +123,10 @@ class Scheduler:
         bm = self.block_manager
         running_status = RequestStatus.RUNNING
 
-        # 1. Running requests: decodes and the rest of chunked prefills.
+        # 1. Running requests: decodes and the rest of chunked prefills. Once per running request per step, so
+        # the methods it calls are bound to locals.
         bs = bm.block_size
+        grow, add_chunk, mark_scheduled = bm.grow, chunks.append, scheduled.add
         for request in list(self.running):
             if budget <= 0:
                 break
@@ -132,10 +134,12 @@ class Scheduler:
                 continue  # preempted earlier in this loop
             computed = request.num_computed_tokens
             num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
-            n = min(num_tokens - computed, budget)
-            if n <= 0:
+            n = num_tokens - computed
+            if n > budget:
+                n = budget
+            elif n <= 0:
                 continue
-            while (new_blocks := bm.grow(request, computed + n)) is None:
+            while (new_blocks := grow(request, computed + n)) is None:
                 victim = self._pick_victim()
                 if victim.request_id in scheduled:
                     victim = request  # never take back what this step already scheduled
@@ -147,9 +151,8 @@ class Scheduler:
                 continue
             if (computed + n) // bs != computed // bs:
                 bm.cache_full_blocks(request, computed + n)  # a block filled up
-            chunks.append(ScheduledChunk(request.request_id, computed, n, new_blocks, False,
-                                         computed + n == num_tokens))
-            scheduled.add(request.request_id)
+            add_chunk(ScheduledChunk(request.request_id, computed, n, new_blocks, False, computed + n == num_tokens))
+            mark_scheduled(request.request_id)
             budget -= n
 
         # 2. Waiting requests, unless this step had to preempt (there is no room to grow).

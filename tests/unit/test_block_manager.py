@@ -92,3 +92,12 @@ def test_uncached_free_blocks_are_taken_before_cached_ones():
     assert bm.allocate(filler, 4)  # two blocks: the uncached ones
     probe = make_request(prompt=[1, 2, 3])
     assert len(bm.find_cached_prefix(probe)) == 1
+
+
+def test_token_ids_between_spans_prompt_and_output():
+    r = make_request(prompt=[1, 2, 3])
+    r.output_token_ids.extend([4, 5])
+    every = [1, 2, 3, 4, 5]
+    for start in range(6):
+        for end in range(start, 6):
+            assert r.token_ids_between(start, end) == every[start:end]
