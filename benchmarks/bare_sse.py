@@ -13,10 +13,8 @@ go out in one (service/api/sse.py does the same). No validation, tokenizer, engi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
-import signal
 import sys
 import time
 import uuid
@@ -25,6 +23,8 @@ from typing import Any
 import orjson
 import uvloop
 from aiohttp import web
+
+from benchmarks.serving import serve_until_signal
 
 DONE = b"data: [DONE]\n\n"
 HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive",
@@ -64,19 +64,6 @@ def make_app(texts: tuple[str, ...], model: str) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    print(f"READY {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
@@ -87,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = tuple(str(t) for t in json.loads(args.texts))
     if not texts:
         parser.error("--texts must list at least one text")
-    uvloop.run(serve(make_app(texts, args.model), args.host, args.port))
+    uvloop.run(serve_until_signal(make_app(texts, args.model), args.host, args.port))
     return 0
 
 

@@ -11,16 +11,14 @@ access lines at info level. The process prints `READY <port>` on stdout once it 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 
 import uvloop
-from aiohttp import web
 
 from benchmarks.null_runner import NullRunner
+from benchmarks.serving import serve_until_signal
 from service.api.app import create_app
 from service.api.context import ServerContext
 from service.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, ServerConfig
@@ -92,17 +90,7 @@ async def serve(ctx: ServerContext, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT, as service/server.py does (minus the drain), GC settings included."""
     app = create_app(ctx)
     settle_after_startup()
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    print(f"READY {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signal(app, host, port)
 
 
 def main(argv: list[str] | None = None) -> int:

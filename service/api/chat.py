@@ -83,22 +83,24 @@ async def _stream(request: web.Request, ctx: ServerContext, req: ChatCompletionR
     for i in range(len(handles)):
         await sse.send(chunk(i, {"role": "assistant", "content": ""}))
     completion_tokens = 0
+    last: list[dict[str, Any]] = []  # the final frames, sent in one write with [DONE]
     if len(handles) == 1 and not req.logprobs and not req.return_token_ids:
         # The common case: each token's frame is written by the engine's output step itself.
         d, completion_tokens = await stream_text(request, sse, handles[0], chunk(0, {"content": ""}),
                                                  ("choices", 0, "delta", "content"))
         if d.error is not None:
             return await sse.done(error_frame(d.error))
-        request[USAGE] = usage(len(prompt), completion_tokens)
-        last = [chunk(0, {"content": d.text} if d.text else {}, None, d.finish_reason, d.stop_reason)]
-        return await sse.done(*last, *([chunks.usage(request[USAGE])] if req.include_usage else []))
-    async for index, d in iterate_deltas(handles):
-        if d.error is not None:
-            return await sse.done(error_frame(d.error))
-        completion_tokens += len(d.token_ids)
-        logprobs = chat_logprobs(d.logprobs, ctx.tokenizer.token_text) if req.logprobs and d.logprobs else None
-        if d.text or logprobs or d.finished or (req.return_token_ids and d.token_ids):
-            delta: dict[str, Any] = {"content": d.text} if d.text else {}
-            await sse.send(chunk(index, delta, logprobs, d.finish_reason, d.stop_reason, d.token_ids))
+        last.append(chunk(0, {"content": d.text} if d.text else {}, None, d.finish_reason, d.stop_reason))
+    else:
+        async for index, d in iterate_deltas(handles):
+            if d.error is not None:
+                return await sse.done(error_frame(d.error))
+            completion_tokens += len(d.token_ids)
+            logprobs = chat_logprobs(d.logprobs, ctx.tokenizer.token_text) if req.logprobs and d.logprobs else None
+            if d.text or logprobs or d.finished or (req.return_token_ids and d.token_ids):
+                delta: dict[str, Any] = {"content": d.text} if d.text else {}
+                await sse.send(chunk(index, delta, logprobs, d.finish_reason, d.stop_reason, d.token_ids))
     request[USAGE] = usage(len(prompt), completion_tokens)
-    return await sse.done(*([chunks.usage(request[USAGE])] if req.include_usage else []))
+    if req.include_usage:
+        last.append(chunks.usage(request[USAGE]))
+    return await sse.done(*last)

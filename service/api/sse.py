@@ -129,7 +129,7 @@ class TextChunkSink:
             return False
         self.num_tokens += 1
         if text:
-            data = self._prefix + orjson.dumps(text) + self._suffix
+            data = self.frame(text)
             transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         return True
 
