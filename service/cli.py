@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--packed-linear", action=argparse.BooleanOptionalAction, default=None,
                    help="CPU: run linear layers through oneDNN with prepacked weights (default: on where "
                         "supported; doubles weight memory).")
+    m.add_argument("--enforce-eager", action="store_true",
+                   help="CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps.")
 
     e = p.add_argument_group("embeddings")
     e.add_argument("--embedding-model", default="default",
@@ -95,6 +97,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerCon
             seed=args.seed,
             chat_template=args.chat_template,
             packed_linear=args.packed_linear,
+            enforce_eager=args.enforce_eager,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

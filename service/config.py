@@ -23,6 +23,8 @@ class ModelConfig:
     # Run linear layers through oneDNN with prepacked weights (packed_linear.py). None: where supported
     # (CPU, fp32/bf16).
     packed_linear: bool | None = None
+    # CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (cuda_graphs.py).
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         _require(self.dtype in ("auto", "float32", "bfloat16", "float16", "float64"),

@@ -44,6 +44,8 @@ class Preset:
     max_position_embeddings: int
     corpus_bytes: int
     initializer_range: float = 0.02
+    # Precision the weights are saved in; bf16 halves the files of the larger presets.
+    weights_dtype: str = "float32"
 
 
 PRESETS: dict[str, Preset] = {
@@ -70,6 +72,18 @@ PRESETS: dict[str, Preset] = {
         max_position_embeddings=512,
         corpus_bytes=600_000,
         initializer_range=0.2,
+    ),
+    # For the GPU benchmark (benchmarks/gpu_decode.py): TinyLlama-1.1B's shape, ~1.1B parameters, bf16 weights.
+    "llama-1b": Preset(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        corpus_bytes=8_000_000,
+        weights_dtype="bfloat16",
     ),
 }
 
@@ -142,7 +156,7 @@ def build_model(preset: Preset, out_dir: Path, seed: int) -> None:
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(getattr(torch, preset.weights_dtype))
     model.generation_config = GenerationConfig(
         bos_token_id=eos_id, eos_token_id=[eos_id, im_end_id], pad_token_id=eos_id
     )

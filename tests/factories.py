@@ -101,9 +101,11 @@ class _CharDetok:
 def engine_config(model: str | Path = "unused", *, dtype: str = "float32", block_size: int = 4,
                   num_blocks: int | None = None, max_num_seqs: int = 16, max_num_batched_tokens: int = 512,
                   prefix_caching: bool = True, decode_mirror: bool | None = None,
-                  max_model_len: int | None = None, device: str = "cpu", **sched: object) -> EngineConfig:
+                  max_model_len: int | None = None, device: str = "cpu", enforce_eager: bool = False,
+                  **sched: object) -> EngineConfig:
     return EngineConfig(
-        model=ModelConfig(model=str(model), dtype=dtype, device=device, max_model_len=max_model_len),
+        model=ModelConfig(model=str(model), dtype=dtype, device=device, max_model_len=max_model_len,
+                          enforce_eager=enforce_eager),
         cache=CacheConfig(block_size=block_size, num_gpu_blocks_override=num_blocks,
                           enable_prefix_caching=prefix_caching, decode_mirror=decode_mirror),
         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,

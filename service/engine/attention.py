@@ -71,9 +71,15 @@ class AttentionMetadata:
     prefills: list[PrefillSpan] = field(default_factory=list)
 
 
-def _score_dtype(dtype: torch.dtype) -> torch.dtype:
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
     # Softmax in at least fp32: bf16/fp16 scores lose the small differences that decide the distribution.
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def decode_length_mask(lengths: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [n, width]: 0 for key positions below each length, -inf past it."""
+    past = torch.arange(width, device=lengths.device)[None, :] >= lengths[:, None]
+    return torch.zeros(past.shape, dtype=dtype, device=lengths.device).masked_fill_(past, float("-inf"))
 
 
 def _window_mask(q_pos: torch.Tensor, k_len: int, window: int | None) -> torch.Tensor:
@@ -87,7 +93,7 @@ def _window_mask(q_pos: torch.Tensor, k_len: int, window: int | None) -> torch.T
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
     """q [..., G, D] against k/v [..., L, D] with an additive mask broadcastable to [..., G, L]."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).to(_score_dtype(q.dtype))
+    scores = torch.matmul(q, k.transpose(-1, -2)).to(score_dtype(q.dtype))
     scores.mul_(scaling).add_(mask)
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(probs, v)

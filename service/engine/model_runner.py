@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from service.config import CacheConfig, ModelConfig, SchedulerConfig
 from service.engine import attention
 from service.engine.attention import AttentionMetadata, GatherDecode, MirrorDecode, PrefillSpan
+from service.engine.cuda_graphs import DecodeGraphs
 from service.engine.decode_mirror import DecodeKVMirror
 from service.engine.kv_cache import KVCache, KVCacheSpec
 from service.engine.outputs import ModelRunnerOutput, ScheduledChunk, SchedulerOutput, TokenLogprobs
@@ -34,6 +35,14 @@ class RunnerRequestState:
     block_ids: list[int] = field(default_factory=list)  # the request's block table, kept from chunk deltas
     num_prompt_logprobs: int = 0
     prompt_logprobs_done: int = 1  # position 0 never has a logprob
+
+
+def decode_graph_mode(device: torch.device, model_config: ModelConfig, use_mirror: bool) -> bool | None:
+    """True: replay CUDA graphs of decode steps; None: run every step eagerly. (False, the graphs' padded path
+    run without capture, is what the CPU tests switch on to check that path.)"""
+    if device.type == "cuda" and not model_config.enforce_eager and not use_mirror:
+        return True
+    return None
 
 
 def text_config(config: PretrainedConfig) -> PretrainedConfig:
@@ -80,10 +89,12 @@ class ModelRunner:
         )
         self.block_size = cache_config.block_size
         self.num_blocks = self._num_blocks(spec, cache_config, scheduler_config)
-        self.kv_cache = KVCache(spec, self.num_blocks, self.block_size)
         use_mirror = cache_config.decode_mirror
         if use_mirror is None:
             use_mirror = self.device.type == "cpu"
+        graph_mode = decode_graph_mode(self.device, model_config, use_mirror)
+        # With graphs, one more block than the block manager hands out: padding rows write there.
+        self.kv_cache = KVCache(spec, self.num_blocks + (graph_mode is not None), self.block_size)
         # Never let the mirror grow past the paged cache's own size.
         self.mirror = DecodeKVMirror(spec, scheduler_config.max_num_seqs, self.max_model_len,
                                      memory_limit_bytes=self.kv_cache.nbytes) if use_mirror else None
@@ -91,6 +102,15 @@ class ModelRunner:
         self.sampler = Sampler(self.vocab_size, self.device, model_config.seed)
         self.eos_token_ids = eos_token_ids
         self._states: dict[str, RunnerRequestState] = {}
+        self.decode_graphs: DecodeGraphs | None = None
+        if graph_mode is not None:
+            with torch.inference_mode():
+                self.decode_graphs = DecodeGraphs(
+                    self.model, self.kv_cache, scratch_block=self.num_blocks,
+                    max_blocks=-(-self.max_model_len // self.block_size), max_batch=scheduler_config.max_num_seqs,
+                    vocab_size=self.vocab_size, score_dtype=attention.score_dtype(self.dtype), capture=graph_mode)
+                if graph_mode:
+                    self.decode_graphs.capture_all()
 
     def _num_blocks(self, spec: KVCacheSpec, cache: CacheConfig, sched: SchedulerConfig) -> int:
         if cache.num_gpu_blocks_override is not None:
@@ -140,31 +160,56 @@ class ModelRunner:
             elif c.new_block_ids:
                 st.block_ids.extend(c.new_block_ids)
 
-        batch = self._prepare(sched.chunks)
-        out = self.model(
-            input_ids=batch.input_ids,
-            position_ids=batch.positions,
-            use_cache=False,
-            logits_to_keep=batch.logits_indices,
-            paged_metadata=batch.attn,
-        )
-        logits = out.logits[0]
-        prompt_logprobs = self._prompt_logprobs(batch, logits)
-        sample_logits = logits[batch.sample_rows] if batch.prompt_lp_rows else logits
-        states = [self._states[rid].sampling for rid in batch.sample_request_ids]
+        graphed = self._graph_decode(sched.chunks) if self.decode_graphs is not None else None
+        if graphed is not None:
+            sample_logits, sample_ids = graphed
+            prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}
+        else:
+            batch = self._prepare(sched.chunks)
+            out = self.model(
+                input_ids=batch.input_ids,
+                position_ids=batch.positions,
+                use_cache=False,
+                logits_to_keep=batch.logits_indices,
+                paged_metadata=batch.attn,
+            )
+            logits = out.logits[0]
+            prompt_logprobs = self._prompt_logprobs(batch, logits)
+            sample_logits = logits[batch.sample_rows] if batch.prompt_lp_rows else logits
+            sample_ids = batch.sample_request_ids
+        states = [self._states[rid].sampling for rid in sample_ids]
         tokens, logprobs = self.sampler.sample(sample_logits, states)
-        for rid, tok in zip(batch.sample_request_ids, tokens, strict=True):
+        for rid, tok in zip(sample_ids, tokens, strict=True):
             st = self._states[rid]
             st.token_ids.append(tok)
             st.sampling.output_token_ids.append(tok)
         return ModelRunnerOutput(
             step_id=sched.step_id,
-            request_ids=tuple(batch.sample_request_ids),
+            request_ids=tuple(sample_ids),
             sampled_token_ids=tuple(tokens),
             logprobs=tuple(logprobs),
             prompt_logprobs=prompt_logprobs,
             execute_time_s=time.perf_counter() - t0,
         )
+
+    def _graph_decode(self, chunks: tuple[ScheduledChunk, ...]) -> tuple[torch.Tensor, list[str]] | None:
+        """Logits and request ids of a pure-decode step replayed from a graph; None if it is not one."""
+        graphs = self.decode_graphs
+        assert graphs is not None
+        bs = self.block_size
+        tokens, positions, slots, tables, ids = [], [], [], [], []
+        for c in chunks:
+            if c.num_tokens != 1 or not c.sample:
+                return None
+            st = self._states[c.request_id]
+            tokens.append(st.token_ids[c.start])
+            positions.append(c.start)
+            slots.append(st.block_ids[c.start // bs] * bs + c.start % bs)
+            tables.append(st.block_ids)
+            ids.append(c.request_id)
+        bucket = graphs.bucket(len(chunks), max(positions) // bs + 1) if chunks else None
+        logits = graphs.run(bucket, tokens, positions, slots, tables) if bucket is not None else None
+        return (logits, ids) if logits is not None else None
 
     def _prepare(self, chunks: tuple[ScheduledChunk, ...]) -> _Batch:
         bs = self.block_size
@@ -272,10 +317,7 @@ class ModelRunner:
         )
 
     def _length_mask(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
-        """Additive [n, width]: 0 for key positions below each length, -inf past it."""
-        score_dtype = torch.float32 if self.dtype in (torch.bfloat16, torch.float16) else self.dtype
-        past = torch.arange(width, device=self.device)[None, :] >= lengths[:, None]
-        return torch.zeros(past.shape, dtype=score_dtype, device=self.device).masked_fill_(past, float("-inf"))
+        return attention.decode_length_mask(lengths, width, attention.score_dtype(self.dtype))
 
     def _prompt_logprobs(self, batch: _Batch, logits: torch.Tensor) -> dict[str, list[TokenLogprobs | None]]:
         result: dict[str, list[TokenLogprobs | None]] = {}

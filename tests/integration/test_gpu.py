@@ -1,4 +1,5 @@
-"""The same engine on CUDA: greedy outputs through the server match HF generate on the GPU.
+"""The same engine on CUDA: greedy outputs through the server match HF generate on the GPU, with decode steps
+replayed from CUDA graphs (the default) and with every step eager.
 
 Skipped where no CUDA device is present (CI and CPU machines)."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from service.api.context import CONTEXT
 from tests.integration.test_greedy_equivalence import cases, generate_all  # noqa: F401 -- the fixture too
 
 pytestmark = [
@@ -15,7 +17,14 @@ pytestmark = [
 ]
 
 
-async def test_greedy_matches_hf_generate_on_cuda(make_client, cases):  # noqa: F811
-    client = await make_client(device="cuda")
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda-graphs", "eager"])
+async def test_greedy_matches_hf_generate_on_cuda(make_client, cases, enforce_eager):  # noqa: F811
+    client = await make_client(device="cuda", enforce_eager=enforce_eager)
+    graphs = client.app[CONTEXT].engine.runner.decode_graphs
     got = await generate_all(client, cases, stream=True)
     assert got == [expected for _, _, expected in cases]
+    if enforce_eager:
+        assert graphs is None
+    else:
+        assert graphs is not None
+        assert graphs.num_captured > 0, "no decode step was replayed from a graph"
