@@ -72,7 +72,8 @@ def run_batch(runner: ModelRunner, batch: int, prompt_len: int, steps: int, tag:
     """Median step time of `batch` decodes after a `prompt_len` prefill, the GPU's busy time in such a step, and
     the median time of a mixed step: the running decodes plus one newly arrived prompt's prefill (always eager)."""
     mixed_steps = 10
-    sched = Scheduler(SchedulerConfig(max_num_seqs=batch + mixed_steps, max_num_batched_tokens=batch * prompt_len),
+    budget = (batch + 1) * prompt_len + mixed_steps  # the first prefill in one step; a mixed step never chunks
+    sched = Scheduler(SchedulerConfig(max_num_seqs=batch + mixed_steps, max_num_batched_tokens=budget),
                       BlockManager(runner.num_blocks, runner.block_size), runner.max_model_len)
     g = torch.Generator().manual_seed(batch)
 
