@@ -22,7 +22,7 @@ from service.engine.decode_mirror import DecodeKVMirror
 from service.engine.kv_cache import KVCache, KVCacheSpec
 from service.engine.outputs import ModelRunnerOutput, ScheduledChunk, SchedulerOutput, TokenLogprobs
 from service.engine.packed_linear import pack_linear_layers, packing_supported
-from service.engine.platform import resolve_device, resolve_dtype
+from service.engine.platform import configure_cuda_attention, resolve_device, resolve_dtype
 from service.engine.sampler import Sampler, SamplingState
 
 CPU_KV_CACHE_CAP_BYTES = 4 * 1024**3
@@ -65,6 +65,8 @@ class ModelRunner:
         attention.register()
         self.device = resolve_device(model_config.device)
         self.dtype = resolve_dtype(model_config.dtype, self.device)
+        if self.device.type == "cuda":
+            configure_cuda_attention()
         torch.manual_seed(model_config.seed)
         path = Path(model_config.model)
         hf_config = AutoConfig.from_pretrained(path)

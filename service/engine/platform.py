@@ -23,6 +23,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def configure_cuda_attention() -> None:
+    """Keep torch's SDPA off its cuDNN backend. That backend builds a plan for every new input shape (measured
+    on an H100 with torch 2.11: ~2.7 ms per attention call, 60 ms of a 22-layer step), and prefill shapes are
+    rarely repeated in serving; the flash and memory-efficient backends need no plan."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """auto: bf16 where the hardware multiplies bf16 matrices fast, else fp32."""
     if name != "auto":
