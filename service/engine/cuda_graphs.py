@@ -86,12 +86,20 @@ class DecodeGraphs:
 
     def capture_all(self) -> float:
         """Capture every bucket, largest first; returns the seconds it took. Padding rows only: the captures'
-        warm-up runs write to the scratch block alone."""
+        warm-up runs write to the scratch block alone. If a capture fails (out of memory, an operation that
+        cannot be captured), every step runs eagerly and the server still starts."""
         t0 = time.perf_counter()
-        for b in reversed(self.sizes):
-            for nblk in reversed(self.blocks):
-                self._fill(b, nblk, [], [], [], [])
-                self._replays[(b, nblk)] = self._make_replay(b, nblk)
+        try:
+            for b in reversed(self.sizes):
+                for nblk in reversed(self.blocks):
+                    self._fill(b, nblk, [], [], [], [])
+                    self._replays[(b, nblk)] = self._make_replay(b, nblk)
+        except RuntimeError:  # torch.OutOfMemoryError included
+            log.exception("cuda_graph_capture_failed", captured=len(self._replays))
+            self.failed = True
+            self._replays.clear()
+            torch.cuda.empty_cache()
+            return time.perf_counter() - t0
         seconds = self.capture_seconds = time.perf_counter() - t0
         log.info("cuda_graphs_captured", graphs=len(self._replays), batch_sizes=self.sizes,
                  context_blocks=self.blocks, seconds=round(seconds, 2))

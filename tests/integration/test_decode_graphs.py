@@ -8,6 +8,7 @@ block. Greedy outputs must still equal HF generate, and no block may leak.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from service.api.context import CONTEXT
 from service.engine import model_runner
@@ -41,3 +42,23 @@ async def test_padded_decode_path_matches_hf_generate(make_client, cases, engine
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     # The scratch block is outside what the block manager hands out.
     assert graphs.scratch_block == engine.block_manager.num_blocks
+
+
+@pytest.mark.usefixtures("graphs_without_capture")
+async def test_a_failed_capture_leaves_every_step_eager(make_client, cases, monkeypatch):  # noqa: F811
+    client = await make_client(decode_mirror=False)
+    engine = client.app[CONTEXT].engine
+    graphs = engine.runner.decode_graphs
+
+    def out_of_memory(b: int, nblk: int):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(graphs, "_make_replay", out_of_memory)
+    graphs.capture_all()
+    assert graphs.failed
+    assert graphs.num_captured == 0
+
+    got = await generate_all(client, cases[:6], stream=True)
+
+    assert got == [expected for _, _, expected in cases[:6]]
+    assert graphs.num_captured == 0
