@@ -54,7 +54,7 @@ def block_buckets(max_blocks: int) -> tuple[int, ...]:
 
 class DecodeGraphs:
     def __init__(self, model: torch.nn.Module, kv_cache: KVCache, scratch_block: int, max_blocks: int,
-                 max_batch: int, vocab_size: int, score_dtype: torch.dtype, capture: bool) -> None:
+                 max_batch: int, score_dtype: torch.dtype, capture: bool) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size
@@ -67,7 +67,8 @@ class DecodeGraphs:
         largest, widest = self.sizes[-1], self.blocks[-1]
         # Per row: token, position, slot, context length, then the block table.
         self._inputs = torch.zeros(largest * (4 + widest), dtype=torch.long, device=device)
-        self._logits = torch.empty(largest, vocab_size, dtype=kv_cache.spec.dtype, device=device)
+        # Made by the first forward (never under capture), in the shape and dtype the model's logits come in.
+        self._logits: torch.Tensor | None = None
         self._replays: dict[tuple[int, int], Callable[[], None]] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
         self.failed = False  # a capture failed: every later step runs eagerly
@@ -123,6 +124,7 @@ class DecodeGraphs:
                 return None
             self._replays[bucket] = replay
         replay()
+        assert self._logits is not None
         return self._logits[: len(tokens)]
 
     def _fill(self, b: int, nblk: int, tokens: list[int], positions: list[int], slots: list[int],
@@ -153,7 +155,10 @@ class DecodeGraphs:
         )
         out = self.model(input_ids=inp[:b].view(1, b), position_ids=inp[b : 2 * b].view(1, b), use_cache=False,
                          logits_to_keep=0, paged_metadata=meta)
-        self._logits[:b].copy_(out.logits[0])
+        logits = out.logits[0]
+        if self._logits is None:
+            self._logits = logits.new_empty(self.sizes[-1], logits.shape[-1])
+        self._logits[:b].copy_(logits)
 
     def _make_replay(self, b: int, nblk: int) -> Callable[[], None]:
         if not self.capture:

@@ -110,7 +110,7 @@ class ModelRunner:
                 self.decode_graphs = DecodeGraphs(
                     self.model, self.kv_cache, scratch_block=self.num_blocks,
                     max_blocks=-(-self.max_model_len // self.block_size), max_batch=scheduler_config.max_num_seqs,
-                    vocab_size=self.vocab_size, score_dtype=attention.score_dtype(self.dtype), capture=graph_mode)
+                    score_dtype=attention.score_dtype(self.dtype), capture=graph_mode)
                 if graph_mode:
                     self.decode_graphs.capture_all()
 
