@@ -108,21 +108,15 @@ class DecodeGraphs:
 
     def run(self, bucket: tuple[int, int], tokens: list[int], positions: list[int], slots: list[int],
             tables: list[list[int]]) -> torch.Tensor | None:
-        """Logits [len(tokens), vocab] of one decode step, padded into `bucket`; None if the bucket's graph
-        could not be captured (the caller then runs the step eagerly; later steps are eager too)."""
+        """Logits [len(tokens), vocab] of one decode step, padded into `bucket`; None when the start-up capture
+        failed (the caller then runs the step eagerly)."""
         if self.failed:
             return None
         b, nblk = bucket
         self._fill(b, nblk, tokens, positions, slots, tables)
         replay = self._replays.get(bucket)
-        if replay is None:
-            try:
-                replay = self._make_replay(b, nblk)
-            except RuntimeError:
-                log.exception("cuda_graph_capture_failed", batch=b, blocks=nblk)
-                self.failed = True
-                return None
-            self._replays[bucket] = replay
+        if replay is None:  # only without capture: buckets are then made on first use
+            replay = self._replays[bucket] = self._make_replay(b, nblk)
         replay()
         assert self._logits is not None
         return self._logits[: len(tokens)]
