@@ -71,7 +71,6 @@ class DecodeGraphs:
         self._logits: torch.Tensor | None = None
         self._replays: dict[tuple[int, int], Callable[[], None]] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
-        self.failed = False  # a capture failed: every later step runs eagerly
         self.capture_seconds = 0.0
 
     @property
@@ -85,10 +84,10 @@ class DecodeGraphs:
             return None
         return self.sizes[i], self.blocks[j]
 
-    def capture_all(self) -> float:
-        """Capture every bucket, largest first; returns the seconds it took. Padding rows only: the captures'
-        warm-up runs write to the scratch block alone. If a capture fails (out of memory, an operation that
-        cannot be captured), every step runs eagerly and the server still starts."""
+    def capture_all(self) -> bool:
+        """Capture every bucket, largest first. Padding rows only: the captures' warm-up runs write to the
+        scratch block alone. False if a capture failed (out of memory, an operation that cannot be captured):
+        the caller then drops the graphs and runs every step eagerly."""
         t0 = time.perf_counter()
         try:
             for b in reversed(self.sizes):
@@ -97,21 +96,17 @@ class DecodeGraphs:
                     self._replays[(b, nblk)] = self._make_replay(b, nblk)
         except RuntimeError:  # torch.OutOfMemoryError included
             log.exception("cuda_graph_capture_failed", captured=len(self._replays))
-            self.failed = True
             self._replays.clear()
             torch.cuda.empty_cache()
-            return time.perf_counter() - t0
-        seconds = self.capture_seconds = time.perf_counter() - t0
+            return False
+        self.capture_seconds = time.perf_counter() - t0
         log.info("cuda_graphs_captured", graphs=len(self._replays), batch_sizes=self.sizes,
-                 context_blocks=self.blocks, seconds=round(seconds, 2))
-        return seconds
+                 context_blocks=self.blocks, seconds=round(self.capture_seconds, 2))
+        return True
 
     def run(self, bucket: tuple[int, int], tokens: list[int], positions: list[int], slots: list[int],
-            tables: list[list[int]]) -> torch.Tensor | None:
-        """Logits [len(tokens), vocab] of one decode step, padded into `bucket`; None when the start-up capture
-        failed (the caller then runs the step eagerly)."""
-        if self.failed:
-            return None
+            tables: list[list[int]]) -> torch.Tensor:
+        """Logits [len(tokens), vocab] of one decode step, padded into `bucket`."""
         b, nblk = bucket
         self._fill(b, nblk, tokens, positions, slots, tables)
         replay = self._replays.get(bucket)

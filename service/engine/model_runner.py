@@ -107,12 +107,12 @@ class ModelRunner:
         self.decode_graphs: DecodeGraphs | None = None
         if graph_mode is not None:
             with torch.inference_mode():
-                self.decode_graphs = DecodeGraphs(
+                graphs = DecodeGraphs(
                     self.model, self.kv_cache, scratch_block=self.num_blocks,
                     max_blocks=-(-self.max_model_len // self.block_size), max_batch=scheduler_config.max_num_seqs,
                     score_dtype=attention.score_dtype(self.dtype), capture=graph_mode)
-                if graph_mode:
-                    self.decode_graphs.capture_all()
+                if not graph_mode or graphs.capture_all():
+                    self.decode_graphs = graphs
 
     def _num_blocks(self, spec: KVCacheSpec, cache: CacheConfig, sched: SchedulerConfig) -> int:
         if cache.num_gpu_blocks_override is not None:
@@ -162,7 +162,7 @@ class ModelRunner:
             elif c.new_block_ids:
                 st.block_ids.extend(c.new_block_ids)
 
-        graphed = self._graph_decode(sched.chunks) if self.decode_graphs is not None else None
+        graphed = self._graph_decode(sched) if self.decode_graphs is not None else None
         if graphed is not None:
             sample_logits, sample_ids = graphed
             prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}
@@ -194,10 +194,13 @@ class ModelRunner:
             execute_time_s=time.perf_counter() - t0,
         )
 
-    def _graph_decode(self, chunks: tuple[ScheduledChunk, ...]) -> tuple[torch.Tensor, list[str]] | None:
+    def _graph_decode(self, sched: SchedulerOutput) -> tuple[torch.Tensor, list[str]] | None:
         """Logits and request ids of a pure-decode step replayed from a graph; None if it is not one."""
         graphs = self.decode_graphs
         assert graphs is not None
+        chunks = sched.chunks
+        if sched.num_batched_tokens != len(chunks):  # a prefill chunk is in the step
+            return None
         bs = self.block_size
         tokens, positions, slots, tables, ids = [], [], [], [], []
         for c in chunks:
@@ -209,9 +212,10 @@ class ModelRunner:
             slots.append(st.block_ids[c.start // bs] * bs + c.start % bs)
             tables.append(st.block_ids)
             ids.append(c.request_id)
-        bucket = graphs.bucket(len(chunks), max(positions) // bs + 1) if chunks else None
-        logits = graphs.run(bucket, tokens, positions, slots, tables) if bucket is not None else None
-        return (logits, ids) if logits is not None else None
+        bucket = graphs.bucket(len(chunks), max(positions) // bs + 1)
+        if bucket is None:
+            return None
+        return graphs.run(bucket, tokens, positions, slots, tables), ids
 
     def _prepare(self, chunks: tuple[ScheduledChunk, ...]) -> _Batch:
         bs = self.block_size

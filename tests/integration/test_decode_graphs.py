@@ -12,6 +12,7 @@ import torch
 
 from service.api.context import CONTEXT
 from service.engine import model_runner
+from service.engine.cuda_graphs import DecodeGraphs
 from tests.integration.test_greedy_equivalence import cases, generate_all  # noqa: F401 -- the fixture too
 
 
@@ -44,21 +45,23 @@ async def test_padded_decode_path_matches_hf_generate(make_client, cases, engine
     assert graphs.scratch_block == engine.block_manager.num_blocks
 
 
-@pytest.mark.usefixtures("graphs_without_capture")
 async def test_a_failed_capture_leaves_every_step_eager(make_client, cases, monkeypatch):  # noqa: F811
-    client = await make_client(decode_mirror=False)
-    engine = client.app[CONTEXT].engine
-    graphs = engine.runner.decode_graphs
+    """The start-up capture runs (the runner asks for real graphs) and fails: the server still starts, drops
+    the graphs, and runs every step eagerly with the same outputs."""
+    attempts = []
 
-    def out_of_memory(b: int, nblk: int):
+    def out_of_memory(self, b: int, nblk: int):
+        attempts.append((b, nblk))
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(graphs, "_make_replay", out_of_memory)
-    graphs.capture_all()
-    assert graphs.failed
-    assert graphs.num_captured == 0
+    monkeypatch.setattr(model_runner, "decode_graph_mode", lambda device, config, use_mirror: True)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(DecodeGraphs, "_make_replay", out_of_memory)
+    client = await make_client(decode_mirror=False)
+    engine = client.app[CONTEXT].engine
+    assert attempts, "the start-up capture never ran"
+    assert engine.runner.decode_graphs is None
 
     got = await generate_all(client, cases[:6], stream=True)
 
     assert got == [expected for _, _, expected in cases[:6]]
-    assert graphs.num_captured == 0
