@@ -44,23 +44,43 @@ def cases(tiny_model_dir) -> list[tuple[list[int], int, list[int]]]:
 
 
 async def generate_all(client, cases, stream: bool) -> list[list[int]]:
-    """Send every case concurrently, with staggered arrivals, and return each one's generated ids."""
+    """Send every case concurrently and return each one's generated ids.
+
+    Arrivals are paced by engine steps, not by the clock: the i-th request goes out once the engine has run
+    i steps (or once every earlier request has finished), so each joins a batch that is already running
+    however fast this machine steps.
+    """
+    engine = client.app[CONTEXT].engine
+    steps = finished = 0
+
+    def count_step(*_: object) -> None:
+        nonlocal steps
+        steps += 1
 
     async def one(i: int, ids: list[int], max_tokens: int) -> list[int]:
-        await asyncio.sleep(0.015 * i)  # each joins a batch that is already running
+        nonlocal finished
+        while steps < i and finished < i:
+            await asyncio.sleep(0.001)
         body = {"prompt": ids, "max_tokens": max_tokens, "temperature": 0.0, "return_token_ids": True,
                 "stream": stream}
-        resp = await client.post("/v1/completions", json=body)
-        assert resp.status == 200, await resp.text()
-        if not stream:
-            return (await resp.json())["choices"][0]["token_ids"]
-        tokens: list[int] = []
-        async for line in resp.content:
-            if line.startswith(b"data: {"):
-                tokens.extend(json.loads(line[6:])["choices"][0]["token_ids"] or [])
-        return tokens
+        try:
+            resp = await client.post("/v1/completions", json=body)
+            assert resp.status == 200, await resp.text()
+            if not stream:
+                return (await resp.json())["choices"][0]["token_ids"]
+            tokens: list[int] = []
+            async for line in resp.content:
+                if line.startswith(b"data: {"):
+                    tokens.extend(json.loads(line[6:])["choices"][0]["token_ids"] or [])
+            return tokens
+        finally:
+            finished += 1
 
-    return list(await asyncio.gather(*(one(i, ids, mt) for i, (ids, mt, _) in enumerate(cases))))
+    engine.on_step.append(count_step)
+    try:
+        return list(await asyncio.gather(*(one(i, ids, mt) for i, (ids, mt, _) in enumerate(cases))))
+    finally:
+        engine.on_step.remove(count_step)
 
 
 @pytest.mark.parametrize(
