@@ -7,9 +7,10 @@ bare aiohttp + uvloop server streaming the same events (benchmarks/bare_sse.py),
 Both servers run for the whole benchmark, each in its own process. Every round runs the load client
 (benchmarks/sse_load.py, its own process) once against each, in alternating order, so that load from other
 processes on a shared machine hits both alike. Requests: stream=true, max_tokens=16, ignore_eos=true, a short
-prompt. Reported per server: completed streamed requests/s, and the server process's CPU time per request
+prompt. Reported per server: completed streamed requests/s; the server process's CPU time per request
 (user + system, from /proc; it leaves out time spent waiting for a CPU, though it still grows with the machine's
-load). The headline is the median over rounds of (service req/s) / (bare req/s) of the same round.
+load); and the event-loop thread's share of it (per request, and in cores: near 1.0, that thread is the
+bottleneck). The headline is the median over rounds of (service req/s) / (bare req/s) of the same round.
 
 --profile DIR: after the rounds, one more round against the service under `py-spy record -f raw`; the
 folded stacks go to DIR/service.folded and a summary of where the CPU goes is printed.
@@ -38,6 +39,11 @@ HOST = "127.0.0.1"
 PROMPT = "Hello, my name is"
 
 
+def _stat_cpu_seconds(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
     """A benchmark server in a child process, up once it printed `READY <port>`."""
 
@@ -60,8 +66,11 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process so far (all its threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu_seconds(Path(f"/proc/{self.pid}/stat"))
+
+    def loop_thread_cpu_seconds(self) -> float:
+        """The same for the main thread alone: the one that runs the event loop (the process's first thread)."""
+        return _stat_cpu_seconds(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -122,7 +131,7 @@ def engine_step_stats(before: dict[str, float], after: dict[str, float], seconds
 def load_round(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     base_url = server.url.removesuffix("/v1/completions")
     counters0 = asyncio.run(_engine_counters(base_url)) if server.name == "service" else {}
-    cpu0 = server.cpu_seconds()
+    cpu0, loop_cpu0 = server.cpu_seconds(), server.loop_thread_cpu_seconds()
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.sse_load", "--url", server.url, "--concurrency", str(args.concurrency),
          "--warmup", str(args.warmup), "--duration", str(args.duration), "--max-tokens", str(args.max_tokens),
@@ -130,6 +139,7 @@ def load_round(server: Server, args: argparse.Namespace) -> dict[str, Any]:
         capture_output=True, check=True,
     )
     cpu = server.cpu_seconds() - cpu0
+    loop_cpu = server.loop_thread_cpu_seconds() - loop_cpu0
     result: dict[str, Any] = json.loads(out.stdout)
     if counters0:
         counters1 = asyncio.run(_engine_counters(base_url))
@@ -138,6 +148,10 @@ def load_round(server: Server, args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError(f"{server.name}: {result['errors']} failed requests, first: {result['first_error']}")
     result["server_cpu_s"] = cpu
     result["server_cpu_us_per_req"] = cpu / max(result["total_completed"], 1) * 1e6
+    # The event-loop thread's share: near 1 core when it is the bottleneck; the rest is other threads (the
+    # service's model-step executor, uvloop's workers).
+    result["loop_thread_cpu_us_per_req"] = loop_cpu / max(result["total_completed"], 1) * 1e6
+    result["loop_thread_cores"] = loop_cpu / result["elapsed_s"]
     result["loadavg_1m"] = os.getloadavg()[0]
     return result
 
@@ -173,6 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         name: {
             "req_per_s": spread([r[name]["req_per_s"] for r in rounds]),
             "server_cpu_us_per_req": spread([r[name]["server_cpu_us_per_req"] for r in rounds]),
+            "loop_thread_cpu_us_per_req": spread([r[name]["loop_thread_cpu_us_per_req"] for r in rounds]),
+            "loop_thread_cores": spread([r[name]["loop_thread_cores"] for r in rounds]),
             "mean_events": statistics.fmean(r[name]["mean_events"] for r in rounds),
             "mean_bytes": statistics.fmean(r[name]["mean_bytes"] for r in rounds),
             "median_latency_ms": spread([r[name]["median_latency_ms"] for r in rounds]),
@@ -215,12 +231,13 @@ def print_table(results: dict[str, Any]) -> None:
     s, st = results["summary"], results["settings"]
     print(f"null-model HTTP benchmark: {st['rounds']} rounds x {st['duration']} s, {st['concurrency']} connections, "
           f"stream=true max_tokens={st['max_tokens']}")
-    print(f"{'server':<10}{'req/s median':>14}{'min':>8}{'max':>8}{'CPU us/req':>12}{'events/req':>12}"
-          f"{'bytes/req':>11}")
+    print(f"{'server':<10}{'req/s median':>14}{'min':>8}{'max':>8}{'CPU us/req':>12}{'loop thread':>13}"
+          f"{'loop cores':>12}{'events/req':>12}{'bytes/req':>11}")
     for name in ("service", "bare"):
         row = s[name]
         rps, cpu = row["req_per_s"], row["server_cpu_us_per_req"]
         print(f"{name:<10}{rps['median']:>14.0f}{rps['min']:>8.0f}{rps['max']:>8.0f}{cpu['median']:>12.0f}"
+              f"{row['loop_thread_cpu_us_per_req']['median']:>13.0f}{row['loop_thread_cores']['median']:>12.2f}"
               f"{row['mean_events']:>12.1f}{row['mean_bytes']:>11.0f}")
     engine = s["service"].get("engine")
     if engine:
