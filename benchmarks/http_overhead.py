@@ -34,14 +34,10 @@ import aiohttp
 import orjson
 
 from benchmarks.sse_load import request_body
+from loadtest.compare import proc_cpu_seconds
 
 HOST = "127.0.0.1"
 PROMPT = "Hello, my name is"
-
-
-def _stat_cpu_seconds(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -66,11 +62,11 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process so far (all its threads)."""
-        return _stat_cpu_seconds(Path(f"/proc/{self.pid}/stat"))
+        return proc_cpu_seconds(Path(f"/proc/{self.pid}/stat"))
 
     def loop_thread_cpu_seconds(self) -> float:
         """The same for the main thread alone: the one that runs the event loop (the process's first thread)."""
-        return _stat_cpu_seconds(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
+        return proc_cpu_seconds(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -167,6 +167,12 @@ async def bench_one(peer: Peer, port: int, args: argparse.Namespace, log_dir: Pa
     return result
 
 
+def proc_cpu_seconds(stat: Path) -> float:
+    """utime + stime, in seconds, from a /proc/<pid>/stat (a process) or /proc/<pid>/task/<tid>/stat (a thread)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class CpuMeter:
     """How much CPU everything except the server process and this one used since construction (Linux /proc)."""
 
@@ -178,11 +184,10 @@ class CpuMeter:
     def _sample(self) -> tuple[float, float, float, float] | None:
         try:
             fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-            stat = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+            server = proc_cpu_seconds(Path(f"/proc/{self.server_pid}/stat"))
         except (OSError, ValueError, IndexError):
             return None
         busy = (sum(fields) - fields[3] - fields[4]) / self.hz  # all but idle and iowait
-        server = (int(stat[11]) + int(stat[12])) / self.hz  # utime + stime
         own = os.times()
         return time.monotonic(), busy, server, own.user + own.system
 
