@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -16,13 +17,18 @@ log = structlog.get_logger("access")
 # A client may send its own id; we log it but never use it as an engine key.
 CLIENT_REQUEST_ID_HEADER = "X-Request-Id"
 
+# Server request ids: a random per-process prefix and a counter, so that ids are unique across restarts
+# without a getrandom() system call per request.
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count()
+
 
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     t0 = time.perf_counter()
     status = 500
     # Server-generated; generation handlers replace it with their response id (cmpl-..., chatcmpl-...).
-    request[REQUEST_ID] = f"req-{os.urandom(8).hex()}"  # 16 random hex digits, a few microseconds cheaper than uuid4()
+    request[REQUEST_ID] = f"req-{_ID_PREFIX}{next(_ID_COUNTER):08x}"
     try:
         response = await handler(request)
         status = response.status

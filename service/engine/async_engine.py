@@ -19,7 +19,6 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +34,7 @@ from service.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from service.engine.request import Request, RequestStatus
 from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import Scheduler
+from service.engine.step_thread import StepThread
 from service.engine.stop_strings import StopStringMatcher
 from service.engine.wakeup import wait_for_wake, wait_until
 from service.errors import (
@@ -105,7 +105,7 @@ class AsyncEngine:
             self.stats, lambda rid: self.scheduler.finish_request(rid, RequestStatus.FINISHED_STOPPED))
         # Observers (metrics): called with the request and its result when it ends.
         self.on_request_finished = self.outputs.on_request_finished
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-step")
+        self._executor = StepThread("model-step")
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count()
@@ -136,7 +136,7 @@ class AsyncEngine:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=False)
 
     @property
     def is_alive(self) -> bool:
@@ -296,7 +296,7 @@ class AsyncEngine:
             return None
         now = time.monotonic()
         try:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, self.runner.execute, sched)
+            future = self._executor.submit(self.runner.execute, sched)
         except RuntimeError as exc:  # the executor refuses work: it has been shut down
             for request in self.scheduler.fail_step(sched):
                 self.outputs.finish(request.request_id, error=EngineDeadError(str(exc)))

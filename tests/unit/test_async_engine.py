@@ -33,7 +33,7 @@ async def test_requests_share_steps_and_every_future_resolves():
         assert r.text == "".join(chr(t) for t in r.token_ids)
         assert r.finish_reason == "length"
     assert runner.calls == 3  # all five in each of the three steps
-    assert runner.thread_names == {"model-step_0"}
+    assert runner.thread_names == {"model-step"}
     assert engine.num_live == 0
     await engine.stop()
 
