@@ -2,7 +2,7 @@
 bare aiohttp + uvloop server streaming the same events (benchmarks/bare_sse.py), in one run.
 
     python -m benchmarks.http_overhead [--rounds 5] [--duration 5] [--concurrency 64] [--json out.json]
-                                       [--profile DIR]
+                                       [--profile DIR] [--against CHECKOUT]
 
 Both servers run for the whole benchmark, each in its own process. Every round runs the load client
 (benchmarks/sse_load.py, its own process) once against each, in alternating order, so that load from other
@@ -11,6 +11,10 @@ prompt. Reported per server: completed streamed requests/s; the server process's
 (user + system, from /proc; it leaves out time spent waiting for a CPU, though it still grows with the machine's
 load); and the event-loop thread's share of it (per request, and in cores: near 1.0, that thread is the
 bottleneck). The headline is the median over rounds of (service req/s) / (bare req/s) of the same round.
+
+--against CHECKOUT: also run the service of another checkout of this repository (say, a `git worktree` of an
+earlier commit) as a third server, "baseline", in the same alternating rounds: a code change's effect is then
+the paired ratio (service req/s) / (baseline req/s) of each round, free of the drift between runs.
 
 --profile DIR: after the rounds, one more round against the service under `py-spy record -f raw`; the
 folded stacks go to DIR/service.folded and a summary of where the CPU goes is printed.
@@ -43,13 +47,14 @@ PROMPT = "Hello, my name is"
 class Server:
     """A benchmark server in a child process, up once it printed `READY <port>`."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log: Path | None = None) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, log: Path | None = None,
+                 cwd: Path | None = None) -> None:
         self.name = name
         self.port = port
         self.url = f"http://{HOST}:{port}/v1/completions"
         stderr = log.open("wb") if log is not None else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, "-m", *argv, "--host", HOST, "--port", str(port)],
-                                     stdout=subprocess.PIPE, stderr=stderr)
+                                     stdout=subprocess.PIPE, stderr=stderr, cwd=cwd)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         if not line.startswith("READY"):
@@ -160,25 +165,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = args.profile
     service = Server("service", ["benchmarks.null_model", "--model-dir", str(args.model_dir)], args.port,
                      log=log_dir / "service.log" if log_dir else None)
-    bare: Server | None = None
+    servers = [service]
     try:
         events = asyncio.run(sample_stream(service.url, args.max_tokens))
         texts = [e["choices"][0]["text"] for e in events]
-        bare = Server("bare", ["benchmarks.bare_sse", "--texts", json.dumps(texts), "--model", events[0]["model"]],
-                      args.port + 1)
+        servers.append(Server("bare", ["benchmarks.bare_sse", "--texts", json.dumps(texts), "--model",
+                                       events[0]["model"]], args.port + 1))
+        if args.against is not None:
+            model_dir = args.model_dir.resolve()
+            servers.append(Server("baseline", ["benchmarks.null_model", "--model-dir", str(model_dir)],
+                                  args.port + 2, cwd=args.against))
         rounds = []
         for r in range(args.rounds):
-            order = (service, bare) if r % 2 == 0 else (bare, service)
+            order = servers if r % 2 == 0 else servers[::-1]
             rounds.append({s.name: load_round(s, args) for s in order})
             row = rounds[-1]
-            print(f"round {r + 1}/{args.rounds}: service {row['service']['req_per_s']:.0f} req/s, "
-                  f"bare {row['bare']['req_per_s']:.0f} req/s, "
-                  f"ratio {row['service']['req_per_s'] / row['bare']['req_per_s']:.3f}", file=sys.stderr)
+            line = (f"round {r + 1}/{args.rounds}: service {row['service']['req_per_s']:.0f} req/s, "
+                    f"bare {row['bare']['req_per_s']:.0f} req/s, "
+                    f"ratio {row['service']['req_per_s'] / row['bare']['req_per_s']:.3f}")
+            if "baseline" in row:
+                line += (f"; baseline {row['baseline']['req_per_s']:.0f} req/s, "
+                         f"service/baseline {row['service']['req_per_s'] / row['baseline']['req_per_s']:.3f}")
+            print(line, file=sys.stderr)
         profile = profile_round(service, args) if log_dir else None
     finally:
-        service.stop()
-        if bare is not None:
-            bare.stop()
+        for server in servers:
+            server.stop()
     summary: dict[str, Any] = {
         name: {
             "req_per_s": spread([r[name]["req_per_s"] for r in rounds]),
@@ -189,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mean_bytes": statistics.fmean(r[name]["mean_bytes"] for r in rounds),
             "median_latency_ms": spread([r[name]["median_latency_ms"] for r in rounds]),
         }
-        for name in ("service", "bare")
+        for name in rounds[0]
     }
     engine_rounds = [r["service"]["engine"] for r in rounds if r["service"].get("engine")]
     if engine_rounds:
@@ -198,6 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary["ratio"] = spread([r["service"]["req_per_s"] / r["bare"]["req_per_s"] for r in rounds])
     summary["cpu_ratio"] = spread([r["service"]["server_cpu_us_per_req"] / r["bare"]["server_cpu_us_per_req"]
                                    for r in rounds])
+    if args.against is not None:
+        summary["vs_baseline"] = spread([r["service"]["req_per_s"] / r["baseline"]["req_per_s"] for r in rounds])
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
     return {"settings": settings, "summary": summary, "rounds": rounds, "profile": profile,
             "sample_texts": texts}
@@ -229,7 +243,9 @@ def print_table(results: dict[str, Any]) -> None:
           f"stream=true max_tokens={st['max_tokens']}")
     print(f"{'server':<10}{'req/s median':>14}{'min':>8}{'max':>8}{'CPU us/req':>12}{'loop thread':>13}"
           f"{'loop cores':>12}{'events/req':>12}{'bytes/req':>11}")
-    for name in ("service", "bare"):
+    for name in ("service", "bare", "baseline"):
+        if name not in s:
+            continue
         row = s[name]
         rps, cpu = row["req_per_s"], row["server_cpu_us_per_req"]
         print(f"{name:<10}{rps['median']:>14.0f}{rps['min']:>8.0f}{rps['max']:>8.0f}{cpu['median']:>12.0f}"
@@ -243,6 +259,10 @@ def print_table(results: dict[str, Any]) -> None:
     r, c = s["ratio"], s["cpu_ratio"]
     print(f"service/bare req/s ratio: median {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}); "
           f"server CPU per request: service/bare {c['median']:.2f}x")
+    if "vs_baseline" in s:
+        b = s["vs_baseline"]
+        print(f"service/baseline ({st['against']}) req/s, paired by round: median {b['median']:.3f} "
+              f"(min {b['min']:.3f}, max {b['max']:.3f})")
     if results.get("profile"):
         from benchmarks.profile_summary import print_summary
 
@@ -257,12 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--port", type=int, default=8101, help="the service's port; the bare server's is +1")
+    parser.add_argument("--port", type=int, default=8101,
+                        help="the service's port; the bare server's is +1, the baseline's +2")
     parser.add_argument("--profile", type=Path, help="directory for a py-spy profile of the service")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--against", type=Path, help="a checkout whose service runs as a third server, 'baseline'")
     args = parser.parse_args(argv)
     if not (args.model_dir / "tokenizer.json").exists():
         print(f"http_overhead: no tokenizer in {args.model_dir}; run `make model` first", file=sys.stderr)
+        return 2
+    if args.against is not None and not (args.against / "benchmarks" / "null_model.py").exists():
+        print(f"http_overhead: {args.against} is not a checkout of this repository", file=sys.stderr)
         return 2
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
