@@ -2,7 +2,8 @@
 
 Every input gets a Future. One batch loop collects pending inputs until it has `max_batch_size` of them,
 or `max_batch_tokens` tokens, or the oldest has waited `batch_wait_timeout_s`; it then runs the encoder in its
-own executor thread and resolves each future with its vector. Inputs whose caller went away are skipped.
+own step thread (service/engine/step_thread.py) and resolves each future with its vector. Inputs whose caller
+went away are skipped.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
 import torch
 
 from service.embeddings.model import EmbeddingModel
+from service.engine.step_thread import StepThread
 from service.engine.wakeup import wait_until
 from service.errors import EngineDeadError, EngineStepError, OverloadedError
 
@@ -51,7 +52,7 @@ class EmbeddingBatcher:
         self._queue: deque[_Item] = deque()
         self._queued_tokens = 0
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-step")
+        self._executor = StepThread("embed-step")
         self._task: asyncio.Task[None] | None = None
         # Observers (metrics) called with (batch size, seconds) after each batch.
         self.on_batch: list[Callable[[int, float], None]] = []
@@ -76,7 +77,7 @@ class EmbeddingBatcher:
             if not item.future.done():
                 item.future.set_exception(EngineDeadError("The embedding batcher stopped."))
         self._queue.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=False)
 
     async def embed(self, inputs: list[list[int]]) -> list[torch.Tensor]:
         """Vectors for each input, in order. Cancelling the caller drops its inputs from the queue."""
@@ -100,7 +101,6 @@ class EmbeddingBatcher:
                     fut.cancel()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._wake.clear()
@@ -112,7 +112,7 @@ class EmbeddingBatcher:
                 continue
             t0 = time.monotonic()
             try:
-                vectors = await loop.run_in_executor(self._executor, self.model.encode, [i.token_ids for i in batch])
+                vectors = await self._executor.submit(self.model.encode, [i.token_ids for i in batch])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 -- fail this batch's callers, keep serving
