@@ -2,7 +2,7 @@
 bare aiohttp + uvloop server streaming the same events (benchmarks/bare_sse.py), in one run.
 
     python -m benchmarks.http_overhead [--rounds 5] [--duration 5] [--concurrency 64] [--json out.json]
-                                       [--profile DIR] [--against CHECKOUT]
+                                       [--profile DIR] [--against CHECKOUT] [--pin]
 
 Both servers run for the whole benchmark, each in its own process. Every round runs the load client
 (benchmarks/sse_load.py, its own process) once against each, in alternating order, so that load from other
@@ -15,6 +15,10 @@ bottleneck). The headline is the median over rounds of (service req/s) / (bare r
 --against CHECKOUT: also run the service of another checkout of this repository (say, a `git worktree` of an
 earlier commit) as a third server, "baseline", in the same alternating rounds: a code change's effect is then
 the paired ratio (service req/s) / (baseline req/s) of each round, free of the drift between runs.
+
+--pin: each server process on the first CPU and the load client on the others, so the client never competes with
+the server under test for a CPU. The servers then have one CPU each, as in a deployment that gives the HTTP
+front one core; a real model needs every core for its own threads, so this is a measurement setting only.
 
 --profile DIR: after the rounds, one more round against the service under `py-spy record -f raw`; the
 folded stacks go to DIR/service.folded and a summary of where the CPU goes is printed.
@@ -31,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +49,25 @@ HOST = "127.0.0.1"
 PROMPT = "Hello, my name is"
 
 
+def _pinned_to(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A preexec_fn that restricts the child (and the threads it starts) to `cpus`; None for no restriction."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 class Server:
     """A benchmark server in a child process, up once it printed `READY <port>`."""
 
     def __init__(self, name: str, argv: list[str], port: int, log: Path | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, cpus: set[int] | None = None) -> None:
         self.name = name
         self.port = port
         self.url = f"http://{HOST}:{port}/v1/completions"
         stderr = log.open("wb") if log is not None else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, "-m", *argv, "--host", HOST, "--port", str(port)],
-                                     stdout=subprocess.PIPE, stderr=stderr, cwd=cwd)
+                                     stdout=subprocess.PIPE, stderr=stderr, cwd=cwd,
+                                     preexec_fn=_pinned_to(cpus))
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         if not line.startswith("READY"):
@@ -137,7 +150,7 @@ def load_round(server: Server, args: argparse.Namespace) -> dict[str, Any]:
         [sys.executable, "-m", "benchmarks.sse_load", "--url", server.url, "--concurrency", str(args.concurrency),
          "--warmup", str(args.warmup), "--duration", str(args.duration), "--max-tokens", str(args.max_tokens),
          "--prompt", PROMPT],
-        capture_output=True, check=True,
+        capture_output=True, check=True, preexec_fn=_pinned_to(args.client_cpus),
     )
     cpu = server.cpu_seconds() - cpu0
     loop_cpu = server.loop_thread_cpu_seconds() - loop_cpu0
@@ -164,17 +177,17 @@ def spread(values: list[float]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = args.profile
     service = Server("service", ["benchmarks.null_model", "--model-dir", str(args.model_dir)], args.port,
-                     log=log_dir / "service.log" if log_dir else None)
+                     log=log_dir / "service.log" if log_dir else None, cpus=args.server_cpus)
     servers = [service]
     try:
         events = asyncio.run(sample_stream(service.url, args.max_tokens))
         texts = [e["choices"][0]["text"] for e in events]
         servers.append(Server("bare", ["benchmarks.bare_sse", "--texts", json.dumps(texts), "--model",
-                                       events[0]["model"]], args.port + 1))
+                                       events[0]["model"]], args.port + 1, cpus=args.server_cpus))
         if args.against is not None:
             model_dir = args.model_dir.resolve()
             servers.append(Server("baseline", ["benchmarks.null_model", "--model-dir", str(model_dir)],
-                                  args.port + 2, cwd=args.against))
+                                  args.port + 2, cwd=args.against, cpus=args.server_cpus))
         rounds = []
         for r in range(args.rounds):
             order = servers if r % 2 == 0 else servers[::-1]
@@ -212,7 +225,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    for r in rounds])
     if args.against is not None:
         summary["vs_baseline"] = spread([r["service"]["req_per_s"] / r["baseline"]["req_per_s"] for r in rounds])
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
+    settings = {k: str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, set) else v
+                for k, v in vars(args).items() if k != "json"}
     return {"settings": settings, "summary": summary, "rounds": rounds, "profile": profile,
             "sample_texts": texts}
 
@@ -281,11 +295,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="the service's port; the bare server's is +1, the baseline's +2")
     parser.add_argument("--profile", type=Path, help="directory for a py-spy profile of the service")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on the first CPU, the load client on the others (needs 2 or more CPUs)")
     parser.add_argument("--against", type=Path, help="a checkout whose service runs as a third server, 'baseline'")
     args = parser.parse_args(argv)
     if not (args.model_dir / "tokenizer.json").exists():
         print(f"http_overhead: no tokenizer in {args.model_dir}; run `make model` first", file=sys.stderr)
         return 2
+    args.server_cpus = args.client_cpus = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            print("http_overhead: --pin needs at least 2 CPUs", file=sys.stderr)
+            return 2
+        args.server_cpus, args.client_cpus = {cpus[0]}, set(cpus[1:])
     if args.against is not None and not (args.against / "benchmarks" / "null_model.py").exists():
         print(f"http_overhead: {args.against} is not a checkout of this repository", file=sys.stderr)
         return 2
