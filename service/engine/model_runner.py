@@ -65,6 +65,7 @@ class ModelRunner:
         attention.register()
         self.device = resolve_device(model_config.device)
         self.dtype = resolve_dtype(model_config.dtype, self.device)
+        self.score_dtype = attention.score_dtype(self.dtype)  # of attention scores and their masks
         if self.device.type == "cuda":
             configure_cuda_attention()
         torch.manual_seed(model_config.seed)
@@ -110,7 +111,7 @@ class ModelRunner:
                 graphs = DecodeGraphs(
                     self.model, self.kv_cache, scratch_block=self.num_blocks,
                     max_blocks=-(-self.max_model_len // self.block_size), max_batch=scheduler_config.max_num_seqs,
-                    score_dtype=attention.score_dtype(self.dtype), capture=graph_mode)
+                    score_dtype=self.score_dtype, capture=graph_mode)
                 if not graph_mode or graphs.capture_all():
                     self.decode_graphs = graphs
 
@@ -199,12 +200,12 @@ class ModelRunner:
         graphs = self.decode_graphs
         assert graphs is not None
         chunks = sched.chunks
-        if sched.num_batched_tokens != len(chunks):  # a prefill chunk is in the step
+        if sched.num_batched_tokens != len(chunks):  # a chunk of more than one token (a prefill) is in the step
             return None
         bs = self.block_size
         tokens, positions, slots, tables, ids = [], [], [], [], []
         for c in chunks:
-            if c.num_tokens != 1 or not c.sample:
+            if not c.sample:  # a lone token cut out of a longer prompt: a prefill chunk, eager
                 return None
             st = self._states[c.request_id]
             tokens.append(st.token_ids[c.start])
@@ -308,7 +309,7 @@ class ModelRunner:
                     length=length,
                     write_index=mirror.flat_index(rows, [c.start for c in decodes]),
                     context_lens=lens_t,
-                    mask=self._length_mask(lens_t, length),
+                    mask=attention.decode_length_mask(lens_t, length, self.score_dtype),
                     rows=None if aligned else torch.tensor(rows, dtype=torch.long, device=dev),
                 )
             mirror.clear()  # over its memory limit: gather this step, refill rows later
@@ -319,11 +320,8 @@ class ModelRunner:
         return decodes, GatherDecode(
             block_ids=torch.tensor(table, dtype=torch.long, device=dev),
             context_lens=lens_t,
-            mask=self._length_mask(lens_t, length),
+            mask=attention.decode_length_mask(lens_t, length, self.score_dtype),
         )
-
-    def _length_mask(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
-        return attention.decode_length_mask(lengths, width, attention.score_dtype(self.dtype))
 
     def _prompt_logprobs(self, batch: _Batch, logits: torch.Tensor) -> dict[str, list[TokenLogprobs | None]]:
         result: dict[str, list[TokenLogprobs | None]] = {}
