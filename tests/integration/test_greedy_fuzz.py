@@ -3,11 +3,13 @@
 Each seed draws an engine configuration (block size, a KV cache from just big enough to roomy, token budget,
 max_num_seqs, prefix caching, policy, decode mirror, overlap) and a workload: requests arriving at random engine
 steps, drawn from prompts that share prefixes, with random max_tokens and priorities. Besides the greedy
-requests it checks, the workload carries seeded sampled requests, streams, and requests aborted after a few
-steps, so the greedy ones share batches, blocks and preemptions with every kind of neighbour.
+requests it checks (some with a repetition penalty), the workload carries seeded sampled requests, streams, and
+requests aborted after a few steps, so the greedy ones share batches, blocks and preemptions with every kind of
+neighbour.
 
 Checked for every seed:
-- every greedy request gives exactly HF's greedy tokens (a prefix of the longest continuation);
+- every greedy request gives exactly HF's greedy tokens (a prefix of the longest continuation), with HF's
+  `repetition_penalty` where the request set one;
 - a seeded sampled request gives the same tokens as its twin (same prompt and seed, arriving at another time);
 - afterwards nothing is left: no live request, empty queues, every block free, block-table invariants hold.
 
@@ -33,6 +35,7 @@ from service.model_builder import corpus_files
 from tests.factories import engine_config
 
 MAX_TOKENS = 20
+PENALTIES = (1.0, 1.3, 2.0)  # repetition_penalty of greedy requests; 1.0 is none
 # Seeds whose draws preempt (25, 33, 36) and hit the prefix cache (1, 25, 33); `make test-slow` runs 100.
 FAST_SEEDS = (1, 25, 33, 36)
 SLOW_SEEDS = [s for s in range(100) if s not in FAST_SEEDS]
@@ -41,7 +44,8 @@ SLOW_SEEDS = [s for s in range(100) if s not in FAST_SEEDS]
 @dataclass(frozen=True)
 class Reference:
     prompts: list[list[int]]
-    greedy: list[list[int]]  # HF's greedy continuation of each prompt, MAX_TOKENS long unless EOS ended it
+    # HF's greedy continuation of each prompt under each of PENALTIES, MAX_TOKENS long unless EOS ended it
+    greedy: dict[float, list[list[int]]]
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +60,17 @@ def reference(tiny_model_dir: Path) -> Reference:
         prompts.append(prefixes[i % 3] + tail if i < 9 else tail)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64,
                                                  attn_implementation="eager").eval()
-    greedy = []
-    for ids in prompts:
-        with torch.no_grad():
-            gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=MAX_TOKENS,
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-        greedy.append(gen[0, len(ids):].tolist())
+    greedy: dict[float, list[list[int]]] = {}
+    for penalty in PENALTIES:
+        greedy[penalty] = []
+        for ids in prompts:
+            with torch.no_grad():
+                gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=MAX_TOKENS,
+                                     repetition_penalty=penalty,
+                                     attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+            greedy[penalty].append(gen[0, len(ids):].tolist())
+    for penalty in PENALTIES[1:]:  # else the penalised requests would check nothing new
+        assert sum(a != b for a, b in zip(greedy[penalty], greedy[1.0], strict=True)) >= len(prompts) // 2
     return Reference(prompts, greedy)
 
 
@@ -75,6 +84,7 @@ class Job:
     stream: bool
     seed: int = 0
     abort_after_steps: int = 0
+    repetition_penalty: float = 1.0
 
 
 def draw_engine(rng: random.Random, tiny_model_dir: Path, longest: int) -> AsyncEngine:
@@ -99,7 +109,8 @@ def draw_jobs(rng: random.Random, num_prompts: int) -> list[Job]:
         kind = rng.choices(["greedy", "sampled", "aborted"], weights=[6, 2, 2])[0]
         job = Job(kind, rng.randrange(num_prompts), rng.randint(1, MAX_TOKENS), rng.randint(0, 30),
                   rng.randint(-2, 2), rng.random() < 0.5, seed=rng.randrange(2**32),
-                  abort_after_steps=rng.randint(0, 6))
+                  abort_after_steps=rng.randint(0, 6),
+                  repetition_penalty=rng.choice(PENALTIES) if kind == "greedy" else 1.0)
         jobs.append(job)
         if kind == "sampled":  # its twin: same prompt and seed, another arrival and neighbours
             jobs.append(Job(kind, job.prompt, job.max_tokens, rng.randint(0, 30), rng.randint(-2, 2),
@@ -112,7 +123,8 @@ async def run_job(engine: AsyncEngine, steps: list[int], job: Job, prompt: list[
     while steps[0] < job.arrival_step and engine.num_live > 0:
         await asyncio.sleep(0.001)
     params = SamplingParams(max_tokens=job.max_tokens, temperature=0.0 if job.kind == "greedy" else 1.0,
-                            seed=job.seed if job.kind == "sampled" else None)
+                            seed=job.seed if job.kind == "sampled" else None,
+                            repetition_penalty=job.repetition_penalty)
     handle = engine.add_request(prompt, params, stream=job.stream, priority=job.priority)
     if job.kind == "aborted":
         until = steps[0] + job.abort_after_steps
@@ -154,8 +166,9 @@ async def check_seed(seed: int, tiny_model_dir: Path, ref: Reference) -> None:
     twins: dict[tuple[int, int], list[int]] = {}
     for job, got in zip(jobs, results, strict=True):
         if job.kind == "greedy":
-            expected = ref.greedy[job.prompt][: job.max_tokens]
-            assert got == expected, f"{where}: greedy prompt {job.prompt} diverged"
+            expected = ref.greedy[job.repetition_penalty][job.prompt][: job.max_tokens]
+            assert got == expected, \
+                f"{where}: greedy prompt {job.prompt} (repetition_penalty {job.repetition_penalty}) diverged"
         elif job.kind == "sampled":
             assert got is not None
             twin = twins.setdefault((job.seed, job.prompt), got)
