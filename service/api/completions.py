@@ -59,7 +59,8 @@ def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: list[lis
         logprobs = None
         if req.logprobs is not None:
             entries = (r.prompt_logprobs or [None]) + r.logprobs if req.echo else r.logprobs
-            logprobs = completion_logprobs(entries, ctx.tokenizer.token_text)
+            logprobs = completion_logprobs(entries, ctx.tokenizer.token_text,
+                                           first_prompt_token=prompts[prompt_index][0])
         choice: dict[str, Any] = {
             "index": i,
             "text": prefix + r.text,
@@ -119,7 +120,7 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
                 logprobs = completion_logprobs(delta.logprobs, ctx.tokenizer.token_text, offsets[index])
                 if req.echo and delta.prompt_logprobs is not None:
                     echoed = completion_logprobs(delta.prompt_logprobs, ctx.tokenizer.token_text,
-                                                 prompt_offsets[index])
+                                                 prompt_offsets[index], prompts[index // req.n][0])
                     prompt_offsets[index] += sum(len(t) for t in echoed["tokens"])
                     logprobs = {k: echoed[k] + logprobs[k] for k in logprobs}
                 offsets[index] += len(delta.text)

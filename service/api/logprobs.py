@@ -15,20 +15,31 @@ def _finite(x: float) -> float:
 
 
 def completion_logprobs(
-    entries: list[TokenLogprobs | None], token_text: Callable[[int], str], text_offset: int = 0
+    entries: list[TokenLogprobs | None], token_text: Callable[[int], str], text_offset: int = 0,
+    first_prompt_token: int | None = None,
 ) -> dict[str, Any]:
+    """The legacy format: parallel lists of token texts, logprobs, top alternatives and text offsets.
+
+    A None entry is the prompt's first token (with echo), which nothing predicts: as OpenAI and vLLM do, it is
+    listed with null logprobs, so that the tokens still spell the returned text; `first_prompt_token` is its id.
+    """
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     top: list[dict[str, float] | None] = []
     offsets: list[int] = []
     offset = text_offset
     for e in entries:
-        if e is None:  # the first prompt token has no logprob
-            continue
-        text = token_text(e.token_id)
+        if e is None:
+            if first_prompt_token is None:
+                continue
+            text = token_text(first_prompt_token)
+            token_logprobs.append(None)
+            top.append(None)
+        else:
+            text = token_text(e.token_id)
+            token_logprobs.append(_finite(e.logprob))
+            top.append({token_text(t): _finite(lp) for t, lp in e.top} if e.top else None)
         tokens.append(text)
-        token_logprobs.append(_finite(e.logprob))
-        top.append({token_text(t): _finite(lp) for t, lp in e.top} if e.top else None)
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}

@@ -144,3 +144,27 @@ async def test_prefix_cache_hits_stay_token_identical(make_client, shared_prefix
     stats = engine.block_manager.stats
     assert stats.hits >= 9 * 40, f"expected most of each shared 48-token prefix to hit, got {stats.hits}"
     engine.block_manager.check_invariants()
+
+
+async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases):
+    """The numbers themselves: every prompt and output token's logprob and its top alternatives are HF's
+    log-softmax at that position (the sampler works in float32, hence the tolerance)."""
+    client = await make_client()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    for ids, max_tokens, expected in cases[:6]:
+        resp = await client.post("/v1/completions", json={"prompt": ids, "max_tokens": max_tokens, "temperature": 0,
+                                                          "logprobs": 3, "echo": True})
+        assert resp.status == 200, await resp.text()
+        lp = (await resp.json())["choices"][0]["logprobs"]
+        sequence = ids + expected
+        with torch.no_grad():
+            logsoftmax = torch.log_softmax(model(torch.tensor([sequence])).logits[0], dim=-1)
+        assert len(lp["token_logprobs"]) == len(sequence)
+        assert lp["token_logprobs"][0] is None
+        for pos in range(1, len(sequence)):
+            row = logsoftmax[pos - 1]
+            assert lp["token_logprobs"][pos] == pytest.approx(float(row[sequence[pos]]), abs=1e-4), pos
+            top = sorted(lp["top_logprobs"][pos].values(), reverse=True)
+            if len(top) == 3:  # fewer if two alternatives decode to the same text
+                assert top == pytest.approx(torch.topk(row, 3).values.tolist(), abs=1e-4), pos

@@ -27,10 +27,31 @@ async def test_echo_prepends_the_prompt_and_its_logprobs(client):
     assert choice["text"] == prompt + plain["choices"][0]["text"]
     lp = choice["logprobs"]
     n_prompt = echoed["usage"]["prompt_tokens"]
-    # The first prompt token has no logprob; every later token (prompt and output) has one.
-    assert len(lp["tokens"]) == n_prompt - 1 + 5
+    # Every token is listed, so that they spell the text; the first prompt token has null logprobs (as in OpenAI
+    # and vLLM), every later one (prompt and output) a number.
+    assert len(lp["tokens"]) == n_prompt + 5
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert lp["text_offset"] == [len("".join(lp["tokens"][:i])) for i in range(len(lp["tokens"]))]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(x <= 0 for x in lp["token_logprobs"][1:])
     assert lp["tokens"][-5:] == plain["choices"][0]["logprobs"]["tokens"]
-    assert all(x <= 0 for x in lp["token_logprobs"])
+    assert lp["token_logprobs"][-5:] == plain["choices"][0]["logprobs"]["token_logprobs"]
+
+
+async def test_streamed_echo_logprobs_equal_the_full_response(client):
+    body = {"prompt": "def add(a, b):", "max_tokens": 5, "temperature": 0, "logprobs": 2, "echo": True}
+    full = (await post(client, **body))["choices"][0]
+    resp = await client.post("/v1/completions", json={**body, "stream": True})
+    assert resp.status == 200
+    text, merged = "", {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    async for line in resp.content:
+        if line.startswith(b"data: {"):
+            choice = json.loads(line[6:])["choices"][0]
+            text += choice["text"]
+            for key, values in (choice["logprobs"] or {}).items():
+                merged[key] += values
+    assert text == full["text"]
+    assert merged == full["logprobs"]
 
 
 async def test_echo_with_token_ids_decodes_the_prompt(client):
