@@ -20,8 +20,11 @@ def completion_logprobs(
 ) -> dict[str, Any]:
     """The legacy format: parallel lists of token texts, logprobs, top alternatives and text offsets.
 
-    A None entry is the prompt's first token (with echo), which nothing predicts: as OpenAI and vLLM do, it is
-    listed with null logprobs, so that the tokens still spell the returned text; `first_prompt_token` is its id.
+    Each top_logprobs entry holds the chosen token and then the `logprobs` most likely ones: up to logprobs + 1
+    entries, as OpenAI documents and vLLM does (so `logprobs: 0` gives the chosen token alone, and a sampled
+    token outside the top k is still there). A None entry is the prompt's first token (with echo), which nothing
+    predicts: as OpenAI and vLLM do, it is listed with null logprobs, so that the tokens still spell the
+    returned text; `first_prompt_token` is its id.
     """
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
@@ -37,8 +40,11 @@ def completion_logprobs(
             top.append(None)
         else:
             text = token_text(e.token_id)
-            token_logprobs.append(_finite(e.logprob))
-            top.append({token_text(t): _finite(lp) for t, lp in e.top} if e.top else None)
+            chosen = _finite(e.logprob)
+            token_logprobs.append(chosen)
+            alternatives = {text: chosen}
+            alternatives.update((token_text(t), _finite(lp)) for t, lp in e.top)
+            top.append(alternatives)
         tokens.append(text)
         offsets.append(offset)
         offset += len(text)

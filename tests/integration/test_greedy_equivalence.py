@@ -152,6 +152,7 @@ async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases)
     client = await make_client()
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64,
                                                  attn_implementation="eager").eval()
+    positions = compared = 0
     for ids, max_tokens, expected in cases[:6]:
         resp = await client.post("/v1/completions", json={"prompt": ids, "max_tokens": max_tokens, "temperature": 0,
                                                           "logprobs": 3, "echo": True})
@@ -165,6 +166,14 @@ async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases)
         for pos in range(1, len(sequence)):
             row = logsoftmax[pos - 1]
             assert lp["token_logprobs"][pos] == pytest.approx(float(row[sequence[pos]]), abs=1e-4), pos
-            top = sorted(lp["top_logprobs"][pos].values(), reverse=True)
-            if len(top) == 3:  # fewer if two alternatives decode to the same text
-                assert top == pytest.approx(torch.topk(row, 3).values.tolist(), abs=1e-4), pos
+            # The entry holds the token itself and the 3 most likely: 4 values, or 3 when it is among them.
+            expected = torch.topk(row, 3).values.tolist()
+            chosen = float(row[sequence[pos]])
+            if min(abs(chosen - v) for v in expected) > 1e-12:
+                expected.append(chosen)
+            top = sorted(lp["top_logprobs"][pos].values())
+            positions += 1
+            if len(top) == len(expected):  # fewer if two of them decode to the same text
+                assert top == pytest.approx(sorted(expected), abs=1e-4), pos
+                compared += 1
+    assert compared >= 0.9 * positions

@@ -78,10 +78,15 @@ async def test_logprobs_completions_and_chat(oai):
     resp = await oai.completions.create(model="tiny", prompt="x = 1", max_tokens=5, temperature=0, logprobs=3)
     lp = resp.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
-    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
+    for token, chosen, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
         assert chosen <= 0.0
-        assert len(top) <= 3
-        assert max(top.values()) == pytest.approx(chosen, abs=1e-6)  # greedy picks the most likely
+        assert len(top) <= 3  # the chosen token is among the top 3, as greedy picks the most likely
+        assert top[token] == chosen and max(top.values()) == pytest.approx(chosen, abs=1e-6)
+    sampled = await oai.completions.create(model="tiny", prompt="x = 1", max_tokens=8, temperature=2.0, seed=5,
+                                           logprobs=0)
+    lp = sampled.choices[0].logprobs
+    assert [list(top) for top in lp.top_logprobs] == [[token] for token in lp.tokens]  # the chosen token alone
+    assert [top[t] for t, top in zip(lp.tokens, lp.top_logprobs, strict=True)] == lp.token_logprobs
     chat = await oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                              max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
     content = chat.choices[0].logprobs.content
