@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from service.engine.decode_mirror import DecodeKVMirror
+from service.engine.decode_mirror import DecodeKVMirror, RowFill
 from service.engine.kv_cache import KVCache
 
 ATTENTION_NAME = "hfserve_paged"
@@ -51,6 +51,8 @@ class MirrorDecode:
     mask: torch.Tensor  # [num_rows, length], additive
     # None when decode i sits at row i for every i (the usual case); else the row of each decode.
     rows: torch.Tensor | None = None
+    # Rows new this step, copied from the paged cache at each layer after that layer's writes.
+    fills: list[RowFill] = field(default_factory=list)
 
 
 @dataclass
@@ -107,11 +109,14 @@ def _with_window(mask: torch.Tensor, lengths: torch.Tensor, window: int | None) 
     return mask.masked_fill(too_old, float("-inf"))
 
 
-def _decode_mirror(d: MirrorDecode, layer: int, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   scaling: float, window: int | None) -> torch.Tensor:
-    """q: [H, n, D], key/value: [KVH, n, D] (the decodes' new tokens) -> [n, H, D]."""
+def _decode_mirror(meta: AttentionMetadata, d: MirrorDecode, layer: int, q: torch.Tensor, key: torch.Tensor,
+                   value: torch.Tensor, scaling: float, window: int | None) -> torch.Tensor:
+    """q: [H, n, D], key/value: [KVH, n, D] (the decodes' new tokens) -> [n, H, D]. Runs after the step's
+    writes to the paged cache at this layer, which new rows' contexts may include."""
     h, n, dim = q.shape
     kvh = key.shape[0]
+    for todo in d.fills:
+        d.mirror.fill(layer, meta.kv_cache, todo)
     d.mirror.write(layer, d.write_index, key, value)
     qg = q.view(kvh, h // kvh, n, dim).permute(2, 0, 1, 3)  # [n, KVH, G, D]: head h reads KV head h // G
     if d.rows is not None:
@@ -197,7 +202,7 @@ def paged_attention_forward(
     out = query.new_empty(t, h, d)
     nd = meta.num_decodes
     if isinstance(meta.decode, MirrorDecode):
-        out[:nd] = _decode_mirror(meta.decode, layer, query[0, :, :nd], key[0, :, :nd], value[0, :, :nd],
+        out[:nd] = _decode_mirror(meta, meta.decode, layer, query[0, :, :nd], key[0, :, :nd], value[0, :, :nd],
                                   scale, window)
     elif isinstance(meta.decode, GatherDecode):
         out[:nd] = _decode_gather(meta, meta.decode, layer, query[0, :, :nd], scale, window)

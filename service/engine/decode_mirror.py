@@ -6,13 +6,19 @@ attention itself, at every layer of every step. The mirror keeps one row per dec
     per layer K (and V): [rows, kv_heads, capacity, head_dim]
     row r = one request; positions 0..len(r)-1 hold its keys, in order; past that, stale or zero
 
-A request gets a row (filled once from the paged cache) when it starts decoding, and each decode step writes
-its new token to both the paged cache and its row. Rows are kept dense, 0..n-1: when a request leaves, the
-last row moves into its place. Decodes are packed in row order, so attention is one batched matmul over a
-strided view, with no copy. The paged cache stays the source of truth (prefill, preemption, prefix cache).
+A request gets a row when it starts decoding, filled once from the paged cache, and each decode step writes
+its new token to both the paged cache and its row. The fill happens inside the step, layer by layer, after the
+step's own writes: a request admitted with a prefix-cache hit may decode in the very step that writes the
+blocks it hit (another request's prefill), so copying before the forward would read them unwritten.
+
+Rows are kept dense, 0..n-1: when a request leaves, the last row moves into its place. Decodes are packed in
+row order, so attention is one batched matmul over a strided view, with no copy. The paged cache stays the
+source of truth (prefill, preemption, prefix cache).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +26,15 @@ from service.engine.kv_cache import KVCache, KVCacheSpec
 
 ROW_GROWTH = 8
 LEN_GROWTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class RowFill:
+    """A new row's context still to be copied from the paged cache: `length` tokens from `block_ids`."""
+
+    row: int
+    block_ids: torch.Tensor
+    length: int
 
 
 class DecodeKVMirror:
@@ -67,20 +82,24 @@ class DecodeKVMirror:
         self.cap_rows, self.cap_len = new_rows, new_len
         return True
 
-    def assign(self, request_id: str, cache: KVCache, block_ids: list[int] | tuple[int, ...], length: int) -> int:
-        """Give the request the next row and copy its first `length` tokens' K/V from the paged cache."""
+    def assign(self, request_id: str, cache: KVCache, block_ids: list[int] | tuple[int, ...],
+               length: int) -> RowFill | None:
+        """Give the request the next row; returns what must be copied into it from the paged cache (its first
+        `length` tokens), layer by layer with fill(), or None if there is nothing to copy."""
         row = self.num_rows
         self.rows[request_id] = row
         self._owners.append(request_id)
         self._lengths.append(length)
-        if length:
-            blocks = torch.tensor(block_ids[: -(-length // cache.block_size)], dtype=torch.long,
-                                  device=self.spec.device)
-            for layer in range(self.spec.num_layers):
-                k, v = cache.gather(layer, blocks)
-                self.keys[layer][row, :, :length] = k[:, :length]
-                self.values[layer][row, :, :length] = v[:, :length]
-        return row
+        if not length:
+            return None
+        blocks = torch.tensor(block_ids[: -(-length // cache.block_size)], dtype=torch.long, device=self.spec.device)
+        return RowFill(row, blocks, length)
+
+    def fill(self, layer: int, cache: KVCache, todo: RowFill) -> None:
+        """Copy one layer of a new row's context from the paged cache (after this step wrote that layer)."""
+        k, v = cache.gather(layer, todo.block_ids)
+        self.keys[layer][todo.row, :, : todo.length] = k[:, : todo.length]
+        self.values[layer][todo.row, :, : todo.length] = v[:, : todo.length]
 
     def set_length(self, row: int, length: int) -> None:
         self._lengths[row] = length

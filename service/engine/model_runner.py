@@ -293,8 +293,9 @@ class ModelRunner:
         if mirror is not None:
             new = [c for c in decodes if c.request_id not in mirror.rows]
             if mirror.ensure_capacity(mirror.num_rows + len(new), length):
-                for c in new:
-                    mirror.assign(c.request_id, self.kv_cache, self._states[c.request_id].block_ids, c.start)
+                fills = [todo for c in new
+                         if (todo := mirror.assign(c.request_id, self.kv_cache, self._states[c.request_id].block_ids,
+                                                   c.start)) is not None]
                 decodes = sorted(decodes, key=lambda c: mirror.rows[c.request_id])
                 rows = [mirror.rows[c.request_id] for c in decodes]
                 for c, row in zip(decodes, rows, strict=True):
@@ -311,6 +312,7 @@ class ModelRunner:
                     context_lens=lens_t,
                     mask=attention.decode_length_mask(lens_t, length, self.score_dtype),
                     rows=None if aligned else torch.tensor(rows, dtype=torch.long, device=dev),
+                    fills=fills,
                 )
             mirror.clear()  # over its memory limit: gather this step, refill rows later
         nblk = length // bs

@@ -146,6 +146,29 @@ async def test_prefix_cache_hits_stay_token_identical(make_client, shared_prefix
     engine.block_manager.check_invariants()
 
 
+@pytest.mark.parametrize("decode_mirror", [True, False], ids=["mirror", "gather"])
+async def test_prefix_written_in_the_same_step_is_read_after_it_is_written(make_client, cases, decode_mirror):
+    """Two copies of a prompt one token longer than whole blocks, admitted in one step: the second finds the
+    first's blocks in the prefix cache while that same step is writing them, and computes only its last token,
+    so it decodes from its first step on. Its context must be read after the step's writes."""
+    client = await make_client(block_size=4, decode_mirror=decode_mirror)
+    engine = client.app[CONTEXT].engine
+    ids, _, expected = next(c for c in cases if len(c[0]) >= 9 and len(c[2]) >= 8)
+    ids = ids[: 4 * ((len(ids) - 1) // 4) + 1]
+    with torch.no_grad():
+        model = AutoModelForCausalLM.from_pretrained(client.app[CONTEXT].tokenizer.hf.name_or_path,
+                                                     dtype=torch.float64, attn_implementation="eager").eval()
+        gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8,
+                             attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    expected = gen[0, len(ids):].tolist()
+    resp = await client.post("/v1/completions", json={"prompt": ids, "max_tokens": 8, "temperature": 0, "n": 2,
+                                                      "return_token_ids": True})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert [c["token_ids"] for c in body["choices"]] == [expected, expected]
+    assert engine.block_manager.stats.hits == len(ids) - 1  # the second copy did find the first's blocks
+
+
 async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases):
     """The numbers themselves: every prompt and output token's logprob and its top alternatives are HF's
     log-softmax at that position (the sampler works in float32, hence the tolerance)."""
