@@ -9,7 +9,7 @@ from aiohttp import web
 
 from service.api.context import CONTEXT, REQUEST_ID, USAGE, ServerContext
 from service.api.errors import json_response, read_json_object
-from service.api.generation import gather_results, submitted, usage
+from service.api.generation import cached_tokens, gather_results, submitted, usage
 from service.api.logprobs import chat_logprobs
 from service.api.schemas.chat import ChatCompletionRequest
 from service.api.sse import SSEWriter, StreamChunks, error_frame, iterate_deltas, stream_text
@@ -100,7 +100,7 @@ async def _stream(request: web.Request, ctx: ServerContext, req: ChatCompletionR
             if d.text or logprobs or d.finished or (req.return_token_ids and d.token_ids):
                 delta: dict[str, Any] = {"content": d.text} if d.text else {}
                 await sse.send(chunk(index, delta, logprobs, d.finish_reason, d.stop_reason, d.token_ids))
-    request[USAGE] = usage(len(prompt), completion_tokens)
+    request[USAGE] = usage(len(prompt), completion_tokens, cached_tokens(handles, req.n))
     if req.include_usage:
         last.append(chunks.usage(request[USAGE]))
     return await sse.done(*last)

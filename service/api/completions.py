@@ -9,7 +9,7 @@ from aiohttp import web
 
 from service.api.context import CONTEXT, REQUEST_ID, USAGE, ServerContext
 from service.api.errors import json_response, read_json_object
-from service.api.generation import gather_results, submitted, usage
+from service.api.generation import cached_tokens, gather_results, submitted, usage
 from service.api.logprobs import completion_logprobs
 from service.api.schemas.completions import CompletionRequest
 from service.api.sse import SSEWriter, StreamChunks, error_frame, iterate_deltas, stream_text
@@ -93,13 +93,13 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
                          req.return_token_ids).choice
 
     completion_tokens = 0
-    offsets = [0] * len(handles)  # text offset of the next output token, per choice
-    prompt_offsets = [0] * len(handles)  # same for echoed prompt tokens
+    # Per choice, the text offset of the next token in logprobs: the sum of the listed tokens' texts so far,
+    # echoed prompt tokens first, as in the full response.
+    offsets = [0] * len(handles)
+    prompt_listed = [not req.echo] * len(handles)  # whether a choice's echoed prompt tokens are in logprobs yet
     if req.echo:
         for i in range(len(handles)):
-            text = _echo_text(ctx, req, prompts[i // req.n], i // req.n)
-            offsets[i] = len(text)
-            await sse.send(chunk(i, text))
+            await sse.send(chunk(i, _echo_text(ctx, req, prompts[i // req.n], i // req.n)))
     unfinished = len(handles)
     last: list[dict[str, Any]] = []  # the final frames, sent in one write with [DONE]
     if len(handles) == 1 and req.logprobs is None and not req.return_token_ids:
@@ -117,13 +117,16 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
             completion_tokens += len(delta.token_ids)
             logprobs = None
             if req.logprobs is not None:
-                logprobs = completion_logprobs(delta.logprobs, ctx.tokenizer.token_text, offsets[index])
-                if req.echo and delta.prompt_logprobs is not None:
-                    echoed = completion_logprobs(delta.prompt_logprobs, ctx.tokenizer.token_text,
-                                                 prompt_offsets[index], prompts[index // req.n][0])
-                    prompt_offsets[index] += sum(len(t) for t in echoed["tokens"])
-                    logprobs = {k: echoed[k] + logprobs[k] for k in logprobs}
-                offsets[index] += len(delta.text)
+                entries = delta.logprobs
+                if not prompt_listed[index]:
+                    # Starts with the first token's None; a one-token prompt has no other, and no prompt logprobs.
+                    entries = (delta.prompt_logprobs or [None]) + entries
+                    prompt_listed[index] = True
+                elif delta.prompt_logprobs is not None:  # the rest of a prompt prefilled in chunks
+                    entries = delta.prompt_logprobs + entries
+                logprobs = completion_logprobs(entries, ctx.tokenizer.token_text, offsets[index],
+                                               first_prompt_token=prompts[index // req.n][0])
+                offsets[index] += sum(map(len, logprobs["tokens"]))
             if delta.text or delta.finished or logprobs or (req.return_token_ids and delta.token_ids):
                 payload = chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
                                 delta.token_ids)
@@ -131,7 +134,7 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
                     await sse.send(payload)
                 else:
                     last.append(payload)
-    request[USAGE] = usage(sum(len(p) for p in prompts), completion_tokens)
+    request[USAGE] = usage(sum(len(p) for p in prompts), completion_tokens, cached_tokens(handles, req.n))
     if req.include_usage:
         last.append(StreamChunks(response_id, "text_completion", created, ctx.model_name, "text", True,
                                  False).usage(request[USAGE]))

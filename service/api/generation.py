@@ -80,6 +80,13 @@ async def gather_results(handles: list[RequestHandle]) -> list[RequestResult]:
     return list(await asyncio.gather(*(h.result() for h in handles)))
 
 
+def cached_tokens(handles: list[RequestHandle], n: int) -> int:
+    """Prompt tokens found in the prefix cache, counted once per prompt (on its first choice, as prompt_tokens
+    counts each prompt once), for requests whose results are in: a stream's usage, once the stream ended."""
+    futures = [h.future for h in handles[::n]]
+    return sum(f.result().num_cached_tokens for f in futures if f.done() and not f.cancelled() and not f.exception())
+
+
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, object]:
     body: dict[str, object] = {
         "prompt_tokens": prompt_tokens,
