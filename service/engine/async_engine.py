@@ -285,6 +285,7 @@ class AsyncEngine:
             except Exception as exc:
                 log.exception("engine loop error", error=str(exc))
                 self.fail_all(EngineStepError(f"Internal engine error: {exc}"))
+                self.block_manager.drop_prefix_cache()  # a step may have been scheduled and never run
                 self._consecutive_failures += 1
                 if self._consecutive_failures >= self.config.max_consecutive_step_failures:
                     self._declare_dead(f"repeated internal errors, last: {exc}")
@@ -336,6 +337,7 @@ class AsyncEngine:
         error = EngineStepError(f"The model step failed: {type(exc).__name__}: {exc}")
         for request in self.scheduler.fail_step(sched):
             self.outputs.finish(request.request_id, error=error)
+        self.block_manager.drop_prefix_cache()  # the step registered blocks it never wrote
         if self._consecutive_failures >= self.config.max_consecutive_step_failures:
             self._declare_dead(f"{self._consecutive_failures} consecutive model steps failed, last: {exc!r}")
 

@@ -201,10 +201,17 @@ class BlockManager:
                 else:
                     self._free[block.block_id] = block
 
-    def reset_prefix_cache(self) -> None:
-        for block in self._cached.values():
+    def drop_prefix_cache(self) -> None:
+        """Forget every digest. For after a failed step: the scheduler registers the blocks a step fills when it
+        schedules it, so that step's blocks are registered but were never written.
+
+        Live requests keep their blocks; their full blocks are registered again, from the first, with correct
+        chaining, as they fill more.
+        """
+        for block in self._blocks:
             block.digest = None
         self._cached.clear()
+        self._num_digested.clear()
 
     def check_invariants(self) -> None:
         """For tests: every block is either free (ref 0) or held, and ref counts match the tables."""

@@ -200,3 +200,28 @@ async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases)
                 assert top == pytest.approx(sorted(expected), abs=1e-4), pos
                 compared += 1
     assert compared >= 0.9 * positions
+
+
+async def test_blocks_of_a_failed_step_are_not_served_from_the_prefix_cache(make_client, cases):
+    """A step that raises never wrote the KV of the blocks it was to fill, which the scheduler had already
+    registered in the prefix cache; a later request with the same prompt must not reuse them."""
+    client = await make_client(block_size=4)
+    engine = client.app[CONTEXT].engine
+    ids, max_tokens, expected = next(c for c in cases if len(c[0]) >= 12)
+    execute = engine.runner.execute
+    calls = 0
+
+    def fail_first_step(sched):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected: the device fell over")
+        return execute(sched)
+
+    engine.runner.execute = fail_first_step
+    body = {"prompt": ids, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True}
+    failed = await client.post("/v1/completions", json=body)
+    assert failed.status == 500
+    retried = await client.post("/v1/completions", json=body)
+    assert retried.status == 200, await retried.text()
+    assert (await retried.json())["choices"][0]["token_ids"] == expected

@@ -55,6 +55,24 @@ def test_prefix_cache_shares_full_blocks_and_counts_refs():
     assert all(blk.ref_cnt == 1 for blk in hits)
 
 
+def test_dropped_prefix_cache_finds_nothing_and_live_requests_register_again_with_correct_chaining():
+    bm = BlockManager(num_blocks=16, block_size=4, enable_prefix_caching=True)
+    prompt = list(range(100, 110))  # 2 full blocks + 2 tokens
+    a = make_request(prompt=prompt)
+    assert bm.allocate(a, 12)
+    bm.cache_full_blocks(a, 10)
+    bm.drop_prefix_cache()
+    assert bm.find_cached_prefix(make_request(prompt=prompt + [1])) == []
+    # `a` goes on and fills its third block: all three are registered again, chained from the first.
+    a.output_token_ids.extend([1, 2])
+    bm.cache_full_blocks(a, 12)
+    hits = bm.find_cached_prefix(make_request(prompt=prompt + [1, 2, 3]))
+    assert [h.block_id for h in hits] == bm.block_ids(a.request_id)
+    # A request whose first block holds a's third block's tokens must not hit it (it sits at another position).
+    assert bm.find_cached_prefix(make_request(prompt=prompt[8:] + [1, 2, 3])) == []
+    bm.check_invariants()
+
+
 def test_prefix_cache_never_covers_the_last_token():
     bm = BlockManager(num_blocks=8, block_size=4, enable_prefix_caching=True)
     prompt = list(range(8))  # exactly two blocks
