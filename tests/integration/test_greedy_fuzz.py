@@ -2,7 +2,8 @@
 
 Each seed draws an engine configuration (block size, a KV cache from just big enough to roomy, token budget,
 max_num_seqs, prefix caching, policy, decode mirror, overlap) and a workload: requests arriving at random engine
-steps, drawn from prompts that share prefixes, with random max_tokens and priorities. Besides the greedy
+steps, drawn from prompts that share prefixes, with random max_tokens and priorities. Some engines fail a
+model step or two; the requests of a failed step are sent again, as a client would retry them. Besides the greedy
 requests it checks (some with a repetition penalty), the workload carries seeded sampled requests, streams, and
 requests aborted after a few steps, so the greedy ones share batches, blocks and preemptions with every kind of
 neighbour.
@@ -19,6 +20,7 @@ A few seeds run with `make test`; many more with `make test-slow`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +29,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from service.engine.async_engine import AsyncEngine, RequestHandle
+from service.engine.async_engine import AsyncEngine
 from service.engine.factory import build_engine
+from service.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from service.engine.sampling_params import SamplingParams
 from service.engine.tokenizer import Tokenizer
+from service.errors import EngineStepError
 from service.model_builder import corpus_files
 from tests.factories import engine_config
 
@@ -93,6 +97,7 @@ class Job:
 
 
 def draw_engine(rng: random.Random, tiny_model_dir: Path, longest: int) -> AsyncEngine:
+    """An engine with a random configuration; some fail a model step or two (never two in a row)."""
     block_size = rng.choice([2, 4, 8, 16])
     fits_one = -(-(longest + MAX_TOKENS) // block_size)
     engine, _ = build_engine(engine_config(
@@ -105,6 +110,17 @@ def draw_engine(rng: random.Random, tiny_model_dir: Path, longest: int) -> Async
         policy=rng.choice(["fcfs", "priority"]),
         overlap_output_processing=rng.random() < 0.5,
     ))
+    failing = set(rng.sample(range(1, 60, 2), rng.choice([0, 0, 1, 2])))
+    if failing:
+        execute, calls = engine.runner.execute, [0]
+
+        def flaky(sched: SchedulerOutput) -> ModelRunnerOutput:
+            calls[0] += 1
+            if calls[0] in failing:
+                raise RuntimeError("injected step failure")
+            return execute(sched)
+
+        engine.runner.execute = flaky  # type: ignore[method-assign]
     return engine
 
 
@@ -133,27 +149,35 @@ async def run_job(engine: AsyncEngine, steps: list[int], job: Job, prompt: list[
     params = SamplingParams(max_tokens=job.max_tokens, temperature=0.0 if job.kind == "greedy" else 1.0,
                             seed=job.seed if job.kind == "sampled" else None,
                             repetition_penalty=job.repetition_penalty)
-    handles = [engine.add_request(prompt, params, stream=job.stream, priority=job.priority)
-               for _ in range(job.copies)]
     if job.kind == "aborted":
+        handle = engine.add_request(prompt, params, stream=job.stream, priority=job.priority)
         until = steps[0] + job.abort_after_steps
-        while steps[0] < until and engine.is_live(handles[0].request_id):
+        while steps[0] < until and engine.is_live(handle.request_id):
             await asyncio.sleep(0.001)
-        engine.abort(handles[0].request_id)
-        await handles[0].result()  # resolves (with whatever was generated) rather than hanging
+        engine.abort(handle.request_id)
+        with contextlib.suppress(EngineStepError):
+            await handle.result()  # resolves (with whatever was generated) rather than hanging
         return None
-    return list(await asyncio.gather(*(tokens_of(h) for h in handles)))
+    return list(await asyncio.gather(*(tokens_of(engine, prompt, params, job) for _ in range(job.copies))))
 
 
-async def tokens_of(handle: RequestHandle) -> list[int]:
-    if handle.stream is None:
-        return (await handle.result()).token_ids
-    tokens: list[int] = []
+async def tokens_of(engine: AsyncEngine, prompt: list[int], params: SamplingParams, job: Job) -> list[int]:
+    """The request's tokens; a request failed by an injected step failure is sent again, as a client would."""
     while True:
-        delta = await handle.stream.get()
-        tokens.extend(delta.token_ids)
-        if delta.finished:
-            return tokens
+        handle = engine.add_request(prompt, params, stream=job.stream, priority=job.priority)
+        try:
+            if handle.stream is None:
+                return (await handle.result()).token_ids
+            tokens: list[int] = []
+            while True:
+                delta = await handle.stream.get()
+                if delta.error is not None:
+                    raise delta.error
+                tokens.extend(delta.token_ids)
+                if delta.finished:
+                    return tokens
+        except EngineStepError:
+            continue
 
 
 async def check_seed(seed: int, tiny_model_dir: Path, ref: Reference) -> None:
