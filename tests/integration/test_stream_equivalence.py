@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from service.api.context import CONTEXT
+
 NUM_CASES = 40
 WORDS = ["def", " f", "(x", "):", "\n", " return", " x", " +", " 1", " class", " A", ":", " pass", " import", " os"]
 
@@ -109,11 +111,15 @@ async def check_case(client, seed: int) -> None:
     assert all(0 <= c < full["usage"]["prompt_tokens"] for c in cached), where
 
 
-@pytest.fixture
-async def client(make_client):
-    # A small token budget and few sequences, so the copies are split into chunks and queue behind each other.
-    return await make_client(max_num_batched_tokens=24, max_num_seqs=6)
+# A small token budget and few sequences, so the copies are split into chunks and queue behind each other; and
+# the same with a KV cache so small that requests are preempted and recomputed.
+ENGINES = {"chunked": {"max_num_batched_tokens": 24, "max_num_seqs": 6},
+           "preempting": {"max_num_batched_tokens": 24, "max_num_seqs": 6, "num_blocks": 20}}
 
 
-async def test_streamed_responses_equal_full_responses(client):
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_streamed_responses_equal_full_responses(make_client, engine):
+    client = await make_client(**ENGINES[engine])
     await asyncio.gather(*(check_case(client, seed) for seed in range(NUM_CASES)))
+    if engine == "preempting":
+        assert client.app[CONTEXT].engine.scheduler.num_preemptions_total > 0
