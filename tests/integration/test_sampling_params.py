@@ -4,6 +4,7 @@ ignore_eos, penalties, and n with streaming."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -105,3 +106,34 @@ async def test_streaming_n_choices_are_interleaved_and_complete(client):
     assert finished == {0, 1}
     full = await post(client, prompt="class B:", max_tokens=6, n=2, seed=3, temperature=1.0)
     assert [c["text"] for c in full["choices"]] == [texts[0], texts[1]]
+
+
+async def test_stop_strings_cut_greedy_text_at_the_earliest_match(client):
+    """Against the unstopped greedy text T: with stop strings taken from T, the text is T up to the earliest
+    match of any of them, streamed or not, and stop_reason names the string found there."""
+    rng = random.Random(3)
+    for i in range(12):
+        prompt = f"def f{i}(x):\n    return"
+        base = await post(client, prompt=prompt, max_tokens=30, temperature=0, ignore_eos=True)
+        text = base["choices"][0]["text"]
+        stops = []
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(1, len(text))
+            stops.append(text[at : at + rng.randint(1, 4)])
+        if rng.random() < 0.5:
+            stops.append("\x07never")
+        stops = list(dict.fromkeys(s for s in stops if s))[:4]
+        cut = min(text.find(s) for s in stops if s in text)
+        body = {"prompt": prompt, "max_tokens": 30, "temperature": 0, "ignore_eos": True, "stop": stops}
+        choice = (await post(client, **body))["choices"][0]
+        assert choice["text"] == text[:cut], (prompt, stops)
+        assert choice["finish_reason"] == "stop"
+        at_cut = [s for s in stops if text.find(s) == cut]
+        if len(at_cut) == 1:
+            assert choice["stop_reason"] == at_cut[0]
+        resp = await client.post("/v1/completions", json={**body, "stream": True})
+        streamed = ""
+        async for line in resp.content:
+            if line.startswith(b"data: {"):
+                streamed += json.loads(line[6:])["choices"][0]["text"]
+        assert streamed == text[:cut], (prompt, stops)
