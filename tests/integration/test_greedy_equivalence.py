@@ -169,16 +169,22 @@ async def test_prefix_written_in_the_same_step_is_read_after_it_is_written(make_
     assert engine.block_manager.stats.hits == len(ids) - 1  # the second copy did find the first's blocks
 
 
-async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases):
+@pytest.mark.parametrize("engine_kw", [{}, {"max_num_batched_tokens": 7}, {"num_blocks": 24, "block_size": 4}],
+                         ids=["roomy", "chunked-prefill", "preempting"])
+async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases, engine_kw):
     """The numbers themselves: every prompt and output token's logprob and its top alternatives are HF's
-    log-softmax at that position (the sampler works in float32, hence the tolerance)."""
-    client = await make_client()
+    log-softmax at that position (the sampler works in float32, hence the tolerance). Also with prompts
+    prefilled in chunks, and with requests preempted and recomputed (sent together, so they compete)."""
+    client = await make_client(**engine_kw)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64,
                                                  attn_implementation="eager").eval()
     positions = compared = 0
-    for ids, max_tokens, expected in cases[:6]:
-        resp = await client.post("/v1/completions", json={"prompt": ids, "max_tokens": max_tokens, "temperature": 0,
-                                                          "logprobs": 3, "echo": True})
+    chosen_cases = cases[:6]
+    responses = await asyncio.gather(*(
+        client.post("/v1/completions", json={"prompt": ids, "max_tokens": max_tokens, "temperature": 0,
+                                             "logprobs": 3, "echo": True})
+        for ids, max_tokens, _ in chosen_cases))
+    for resp, (ids, _, expected) in zip(responses, chosen_cases, strict=True):
         assert resp.status == 200, await resp.text()
         lp = (await resp.json())["choices"][0]["logprobs"]
         sequence = ids + expected
@@ -200,6 +206,8 @@ async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases)
                 assert top == pytest.approx(sorted(expected), abs=1e-4), pos
                 compared += 1
     assert compared >= 0.9 * positions
+    if "num_blocks" in engine_kw:
+        assert client.app[CONTEXT].engine.scheduler.num_preemptions_total > 0
 
 
 async def test_blocks_of_a_failed_step_are_not_served_from_the_prefix_cache(make_client, cases):
