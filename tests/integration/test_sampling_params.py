@@ -137,3 +137,19 @@ async def test_stop_strings_cut_greedy_text_at_the_earliest_match(client):
             if line.startswith(b"data: {"):
                 streamed += json.loads(line[6:])["choices"][0]["text"]
         assert streamed == text[:cut], (prompt, stops)
+
+
+async def test_chat_equals_completions_on_the_tokenized_conversation(client):
+    """The chat endpoint is the completions engine behind a template: the same conversation, tokenized by
+    /tokenize and sent as token ids to /v1/completions, gives the same greedy tokens, prompt count and text."""
+    for content in ("hi", "def f(x):\n    return x", "two\nlines and ünïcode"):
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": content}]
+        ids = (await (await client.post("/tokenize", json={"messages": messages})).json())["tokens"]
+        chat = await client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 12,
+                                                               "temperature": 0, "return_token_ids": True})
+        assert chat.status == 200, await chat.text()
+        chat_body = await chat.json()
+        plain = await post(client, prompt=ids, max_tokens=12, temperature=0, return_token_ids=True)
+        assert chat_body["choices"][0]["token_ids"] == plain["choices"][0]["token_ids"]
+        assert chat_body["choices"][0]["message"]["content"] == plain["choices"][0]["text"]
+        assert chat_body["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"] == len(ids)
