@@ -37,13 +37,13 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         if req.stream:
             return await _stream(request, ctx, req, prompt, handles, response_id)
         results = await gather_results(handles)
-        body = _full_response(ctx, req, prompt, results, response_id)
+        body = _full_response(ctx, req, prompt, results, response_id, cached_tokens(handles, req.n))
         request[USAGE] = body["usage"]
         return json_response(body, headers={"X-Request-Id": response_id})
 
 
 def _full_response(ctx: ServerContext, req: ChatCompletionRequest, prompt: list[int],
-                   results: list[RequestResult], response_id: str) -> dict[str, Any]:
+                   results: list[RequestResult], response_id: str, num_cached: int) -> dict[str, Any]:
     choices = []
     for i, r in enumerate(results):
         choice: dict[str, Any] = {
@@ -62,7 +62,7 @@ def _full_response(ctx: ServerContext, req: ChatCompletionRequest, prompt: list[
         "created": int(time.time()),
         "model": ctx.model_name,
         "choices": choices,
-        "usage": usage(len(prompt), sum(len(r.token_ids) for r in results), results[0].num_cached_tokens),
+        "usage": usage(len(prompt), sum(len(r.token_ids) for r in results), num_cached),
     }
     if req.return_token_ids:
         body["prompt_token_ids"] = prompt

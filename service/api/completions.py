@@ -38,7 +38,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         if req.stream:
             return await _stream(request, ctx, req, prompts, handles, response_id)
         results = await gather_results(handles)
-        body = _full_response(ctx, req, prompts, results, response_id)
+        body = _full_response(ctx, req, prompts, results, response_id, cached_tokens(handles, req.n))
         request[USAGE] = body["usage"]
         return json_response(body, headers={"X-Request-Id": response_id})
 
@@ -51,7 +51,7 @@ def _echo_text(ctx: ServerContext, req: CompletionRequest, ids: list[int], index
 
 
 def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: list[list[int]],
-                   results: list[RequestResult], response_id: str) -> dict[str, Any]:
+                   results: list[RequestResult], response_id: str, num_cached: int) -> dict[str, Any]:
     choices = []
     for i, r in enumerate(results):
         prompt_index = i // req.n
@@ -78,8 +78,7 @@ def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: list[lis
         "created": int(time.time()),
         "model": ctx.model_name,
         "choices": choices,
-        "usage": usage(sum(len(p) for p in prompts), sum(len(r.token_ids) for r in results),
-                       sum(r.num_cached_tokens for r in results[:: req.n])),
+        "usage": usage(sum(len(p) for p in prompts), sum(len(r.token_ids) for r in results), num_cached),
     }
 
 

@@ -82,7 +82,8 @@ async def gather_results(handles: list[RequestHandle]) -> list[RequestResult]:
 
 def cached_tokens(handles: list[RequestHandle], n: int) -> int:
     """Prompt tokens found in the prefix cache, counted once per prompt (on its first choice, as prompt_tokens
-    counts each prompt once), for requests whose results are in: a stream's usage, once the stream ended."""
+    counts each prompt once), over the requests whose results are in; the usage of full and streamed
+    responses alike."""
     futures = [h.future for h in handles[::n]]
     return sum(f.result().num_cached_tokens for f in futures if f.done() and not f.cancelled() and not f.exception())
 

@@ -23,23 +23,32 @@ NUM_PROMPTS = 18
 
 
 @pytest.fixture(scope="module")
-def cases(tiny_model_dir) -> list[tuple[list[int], int, list[int]]]:
+def hf_model(tiny_model_dir):
+    """The reference: HF's own model, eager attention, float64 (as the engine runs in these tests)."""
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64,
+                                                attn_implementation="eager").eval()
+
+
+def hf_greedy(model, ids: list[int], max_tokens: int) -> list[int]:
+    with torch.no_grad():
+        gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=max_tokens,
+                             attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    return list(gen[0, len(ids):].tolist())
+
+
+@pytest.fixture(scope="module")
+def cases(tiny_model_dir, hf_model) -> list[tuple[list[int], int, list[int]]]:
     """(prompt ids, max_tokens, expected ids from HF generate) for prompts of mixed lengths."""
     tok = Tokenizer(str(tiny_model_dir))
     source = "".join(f.read_text() for f in corpus_files()[:10])
     rng = random.Random(7)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64,
-                                                 attn_implementation="eager").eval()
     out = []
     for _ in range(NUM_PROMPTS):
         start = rng.randrange(0, len(source) - 400)
         text = source[start : start + rng.choice([1, 5, 20, 60, 150, 300])]
         ids = tok.encode_now(text)[:70] or [5]
         max_tokens = rng.choice([4, 12, 24, 40])
-        with torch.no_grad():
-            gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=max_tokens,
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-        out.append((ids, max_tokens, gen[0, len(ids):].tolist()))
+        out.append((ids, max_tokens, hf_greedy(hf_model, ids, max_tokens)))
     return out
 
 
@@ -114,21 +123,16 @@ async def test_greedy_matches_hf_generate(make_client, cases, label, engine_kw, 
 
 
 @pytest.fixture(scope="module")
-def shared_prefix_cases(tiny_model_dir) -> list[tuple[list[int], int, list[int]]]:
+def shared_prefix_cases(tiny_model_dir, hf_model) -> list[tuple[list[int], int, list[int]]]:
     """Prompts built from three long common prefixes with different tails, so most blocks are shared."""
     tok = Tokenizer(str(tiny_model_dir))
     source = "".join(f.read_text() for f in corpus_files()[:10])
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64,
-                                                 attn_implementation="eager").eval()
     prefixes = [tok.encode_now(source[i : i + 400])[:48] for i in (1000, 9000, 20000)]
     out = []
     for i in range(12):
         tail = tok.encode_now(source[30000 + 37 * i : 30000 + 37 * i + 30])[: 1 + i % 7]
         ids = prefixes[i % 3] + tail
-        with torch.no_grad():
-            gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=16,
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-        out.append((ids, 16, gen[0, len(ids):].tolist()))
+        out.append((ids, 16, hf_greedy(hf_model, ids, 16)))
     return out
 
 
@@ -147,20 +151,16 @@ async def test_prefix_cache_hits_stay_token_identical(make_client, shared_prefix
 
 
 @pytest.mark.parametrize("decode_mirror", [True, False], ids=["mirror", "gather"])
-async def test_prefix_written_in_the_same_step_is_read_after_it_is_written(make_client, cases, decode_mirror):
+async def test_prefix_written_in_the_same_step_is_read_after_it_is_written(make_client, cases, hf_model,
+                                                                           decode_mirror):
     """Two copies of a prompt one token longer than whole blocks, admitted in one step: the second finds the
     first's blocks in the prefix cache while that same step is writing them, and computes only its last token,
     so it decodes from its first step on. Its context must be read after the step's writes."""
     client = await make_client(block_size=4, decode_mirror=decode_mirror)
     engine = client.app[CONTEXT].engine
-    ids, _, expected = next(c for c in cases if len(c[0]) >= 9 and len(c[2]) >= 8)
+    ids = next(c[0] for c in cases if len(c[0]) >= 9)
     ids = ids[: 4 * ((len(ids) - 1) // 4) + 1]
-    with torch.no_grad():
-        model = AutoModelForCausalLM.from_pretrained(client.app[CONTEXT].tokenizer.hf.name_or_path,
-                                                     dtype=torch.float64, attn_implementation="eager").eval()
-        gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8,
-                             attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-    expected = gen[0, len(ids):].tolist()
+    expected = hf_greedy(hf_model, ids, 8)
     resp = await client.post("/v1/completions", json={"prompt": ids, "max_tokens": 8, "temperature": 0, "n": 2,
                                                       "return_token_ids": True})
     assert resp.status == 200, await resp.text()
@@ -171,13 +171,11 @@ async def test_prefix_written_in_the_same_step_is_read_after_it_is_written(make_
 
 @pytest.mark.parametrize("engine_kw", [{}, {"max_num_batched_tokens": 7}, {"num_blocks": 24, "block_size": 4}],
                          ids=["roomy", "chunked-prefill", "preempting"])
-async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases, engine_kw):
+async def test_logprobs_equal_hf_log_softmax(make_client, hf_model, cases, engine_kw):
     """The numbers themselves: every prompt and output token's logprob and its top alternatives are HF's
     log-softmax at that position (the sampler works in float32, hence the tolerance). Also with prompts
     prefilled in chunks, and with requests preempted and recomputed (sent together, so they compete)."""
     client = await make_client(**engine_kw)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64,
-                                                 attn_implementation="eager").eval()
     positions = compared = 0
     chosen_cases = cases[:6]
     responses = await asyncio.gather(*(
@@ -189,7 +187,7 @@ async def test_logprobs_equal_hf_log_softmax(make_client, tiny_model_dir, cases,
         lp = (await resp.json())["choices"][0]["logprobs"]
         sequence = ids + expected
         with torch.no_grad():
-            logsoftmax = torch.log_softmax(model(torch.tensor([sequence])).logits[0], dim=-1)
+            logsoftmax = torch.log_softmax(hf_model(torch.tensor([sequence])).logits[0], dim=-1)
         assert len(lp["token_logprobs"]) == len(sequence)
         assert lp["token_logprobs"][0] is None
         for pos in range(1, len(sequence)):
