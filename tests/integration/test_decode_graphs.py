@@ -13,7 +13,7 @@ import torch
 from service.api.context import CONTEXT
 from service.engine import model_runner
 from service.engine.cuda_graphs import DecodeGraphs
-from tests.integration.test_greedy_equivalence import cases, generate_all  # noqa: F401 -- the fixture too
+from tests.integration.test_greedy_equivalence import cases, generate_all, hf_model  # noqa: F401 -- fixtures too
 
 
 @pytest.fixture

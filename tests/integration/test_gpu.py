@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.api.context import CONTEXT
-from tests.integration.test_greedy_equivalence import cases, generate_all  # noqa: F401 -- the fixture too
+from tests.integration.test_greedy_equivalence import cases, generate_all, hf_model  # noqa: F401 -- fixtures too
 
 pytestmark = [
     pytest.mark.gpu,
