@@ -18,9 +18,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hfserve: {exc}", file=sys.stderr)
         return 2
     configure_logging(server_config.log_format, server_config.log_level)
+    from service.engine.attention import UnsupportedModelError
     from service.server import serve  # imports torch; after argument errors have had their chance
 
-    return uvloop.run(serve(engine_config, server_config))
+    try:
+        return uvloop.run(serve(engine_config, server_config))
+    except UnsupportedModelError as exc:
+        print(f"hfserve: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from service.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, ServerConfig
 
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerConfig]:
+    _require_checkpoint_dir(args.model)
+    if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
+        raise ValueError(f"--tokenizer {args.tokenizer}: no such directory")
     engine = EngineConfig(
         model=ModelConfig(
             model=args.model,
@@ -134,6 +138,15 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerCon
         embedding_batch_wait_s=args.embedding_batch_wait_ms / 1000.0,
     )
     return engine, server
+
+
+def _require_checkpoint_dir(path: str) -> None:
+    """hfserve serves local directories only and downloads nothing: say so before torch is even imported."""
+    if not (Path(path) / "config.json").is_file():
+        hint = (" (`make run` builds the default model, as does `python -m service.model_builder --preset default "
+                f"--out {DEFAULT_MODEL}`)") if path == DEFAULT_MODEL else ""
+        raise ValueError(f"--model {path}: no config.json there. hfserve serves local checkpoint directories and "
+                         f"downloads nothing{hint}")
 
 
 def _embedding_model(value: str) -> str | None:

@@ -11,6 +11,9 @@ prefill chunks, each a contiguous span. Per layer the function:
      runner keeps one, or else gathered block by block from the paged cache;
   3. prefills: a first chunk attends to itself causally; a later chunk gathers its earlier blocks too.
 
+Scores follow the layer's own rule (`ScoreRule`): its scaling, sliding window, logit soft-capping (Gemma 2) and
+attention sinks (gpt-oss), as transformers passes them to the attention call.
+
 The step's metadata travels as the `paged_metadata` keyword of the model's forward, which transformers passes
 through to every attention call.
 """
@@ -22,7 +25,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PretrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from service.engine.decode_mirror import DecodeKVMirror, RowFill
 from service.engine.kv_cache import KVCache
@@ -64,6 +68,22 @@ class GatherDecode:
     mask: torch.Tensor  # [num_decodes, max_blocks * block_size], additive
 
 
+@dataclass(frozen=True, slots=True)
+class ScoreRule:
+    """How one layer turns q·k into attention weights."""
+
+    scale: float
+    window: int | None = None  # sliding window: a query sees only the last `window` keys, itself included
+    softcap: float | None = None  # scores become softcap * tanh(scores / softcap), before the mask
+    # One logit per query head that joins each softmax without a value: it only takes probability mass.
+    sinks: torch.Tensor | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Nothing that SDPA cannot do itself."""
+        return self.softcap is None and self.sinks is None
+
+
 @dataclass
 class AttentionMetadata:
     kv_cache: KVCache
@@ -93,12 +113,22 @@ def _window_mask(q_pos: torch.Tensor, k_len: int, window: int | None) -> torch.T
     return visible
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
-    """q [..., G, D] against k/v [..., L, D] with an additive mask broadcastable to [..., G, L]."""
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, rule: ScoreRule,
+            sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """q [..., G, D] against k/v [..., L, D] with an additive mask broadcastable to [..., G, L].
+
+    `sinks`: the rule's sinks shaped to broadcast against [..., G, 1] (the caller knows its head layout)."""
     scores = torch.matmul(q, k.transpose(-1, -2)).to(score_dtype(q.dtype))
-    scores.mul_(scaling).add_(mask)
-    probs = torch.softmax(scores, dim=-1).to(v.dtype)
-    return torch.matmul(probs, v)
+    scores.mul_(rule.scale)
+    if rule.softcap is not None:
+        scores = torch.tanh(scores.div_(rule.softcap)).mul_(rule.softcap)
+    scores.add_(mask)
+    if sinks is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:
+        with_sinks = torch.cat([scores, sinks.to(scores.dtype).expand(*scores.shape[:-1], 1)], dim=-1)
+        probs = torch.softmax(with_sinks, dim=-1)[..., :-1]
+    return torch.matmul(probs.to(v.dtype), v)
 
 
 def _with_window(mask: torch.Tensor, lengths: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -110,7 +140,7 @@ def _with_window(mask: torch.Tensor, lengths: torch.Tensor, window: int | None) 
 
 
 def _decode_mirror(meta: AttentionMetadata, d: MirrorDecode, layer: int, q: torch.Tensor, key: torch.Tensor,
-                   value: torch.Tensor, scaling: float, window: int | None) -> torch.Tensor:
+                   value: torch.Tensor, rule: ScoreRule) -> torch.Tensor:
     """q: [H, n, D], key/value: [KVH, n, D] (the decodes' new tokens) -> [n, H, D]. Runs after the step's
     writes to the paged cache at this layer, which new rows' contexts may include."""
     h, n, dim = q.shape
@@ -124,15 +154,16 @@ def _decode_mirror(meta: AttentionMetadata, d: MirrorDecode, layer: int, q: torc
         full[d.rows] = qg
         qg = full
     k, v = d.mirror.view(layer, d.num_rows, d.length)
-    mask = _with_window(d.mask, d.context_lens, window)[:, None, None, :]
-    out = _attend(qg, k, v, mask, scaling)  # [rows, KVH, G, D]
+    mask = _with_window(d.mask, d.context_lens, rule.window)[:, None, None, :]
+    sinks = None if rule.sinks is None else rule.sinks.view(kvh, h // kvh, 1)
+    out = _attend(qg, k, v, mask, rule, sinks)  # [rows, KVH, G, D]
     if d.rows is not None:
         out = out[d.rows]
     return out.reshape(n, h, dim)
 
 
-def _decode_gather(meta: AttentionMetadata, d: GatherDecode, layer: int, q: torch.Tensor, scaling: float,
-                   window: int | None) -> torch.Tensor:
+def _decode_gather(meta: AttentionMetadata, d: GatherDecode, layer: int, q: torch.Tensor,
+                   rule: ScoreRule) -> torch.Tensor:
     """q: [H, n, D] -> [n, H, D], reading each decode's blocks out of the paged cache."""
     h, n, dim = q.shape
     k_ctx, v_ctx = meta.kv_cache.gather(layer, d.block_ids)
@@ -140,8 +171,9 @@ def _decode_gather(meta: AttentionMetadata, d: GatherDecode, layer: int, q: torc
     k_ctx = k_ctx.view(kvh, n, -1, dim)
     v_ctx = v_ctx.view(kvh, n, -1, dim)
     qg = q.view(kvh, h // kvh, n, dim).transpose(1, 2)  # [KVH, n, G, D]
-    mask = _with_window(d.mask, d.context_lens, window)[None, :, None, :]
-    out = _attend(qg, k_ctx, v_ctx, mask, scaling)  # [KVH, n, G, D]
+    mask = _with_window(d.mask, d.context_lens, rule.window)[None, :, None, :]
+    sinks = None if rule.sinks is None else rule.sinks.view(kvh, 1, h // kvh, 1)
+    out = _attend(qg, k_ctx, v_ctx, mask, rule, sinks)  # [KVH, n, G, D]
     return out.permute(1, 0, 2, 3).reshape(n, h, dim)
 
 
@@ -152,17 +184,17 @@ def _prefill(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    scaling: float,
-    window: int | None,
+    rule: ScoreRule,
 ) -> torch.Tensor:
     """One prefill chunk; returns [n, H, D]."""
     s, e = span.token_start, span.token_end
     n = e - s
     q = query[:, :, s:e]
+    window = rule.window
     if span.position == 0:
         k, v = key[:, :, s:e], value[:, :, s:e]
-        if window is None or n <= window:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
+        if rule.plain and (window is None or n <= window):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=rule.scale, enable_gqa=True)
             return out[0].transpose(0, 1)
         mask = _window_mask(torch.arange(n, device=q.device), n, window)
     else:
@@ -172,8 +204,24 @@ def _prefill(
         k, v = k_ctx[None, :, :context_len], v_ctx[None, :, :context_len]
         q_pos = torch.arange(span.position, context_len, device=q.device)
         mask = _window_mask(q_pos, context_len, window)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
+    if not rule.plain:
+        return _prefill_by_rule(q, k, v, mask, rule)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=rule.scale, enable_gqa=True)
     return out[0].transpose(0, 1)
+
+
+def _prefill_by_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
+                     rule: ScoreRule) -> torch.Tensor:
+    """A prefill chunk whose scores need what SDPA lacks (soft-capping, sinks). q [1, H, n, D], k/v [1, KVH, L, D],
+    visible: boolean [n, L]. Returns [n, H, D]."""
+    _, h, n, d = q.shape
+    kvh = k.shape[1]
+    qg = q[0].view(kvh, h // kvh, n, d)  # [KVH, G, n, D]: head h reads KV head h // G
+    mask = torch.zeros(visible.shape, dtype=score_dtype(q.dtype), device=q.device).masked_fill_(~visible,
+                                                                                                float("-inf"))
+    sinks = None if rule.sinks is None else rule.sinks.view(kvh, h // kvh, 1, 1)
+    out = _attend(qg, k[0, :, None], v[0, :, None], mask, rule, sinks)  # [KVH, G, n, D]
+    return out.view(h, n, d).transpose(0, 1)
 
 
 def paged_attention_forward(
@@ -190,12 +238,9 @@ def paged_attention_forward(
     meta: AttentionMetadata | None = kwargs.get("paged_metadata")
     if meta is None:
         raise RuntimeError(f"{ATTENTION_NAME} attention needs `paged_metadata`; run the model through ModelRunner")
-    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        raise NotImplementedError(f"{ATTENTION_NAME} attention supports neither logit soft-capping nor sinks")
     layer: int = module.layer_idx  # type: ignore[assignment]
-    window: int | None = kwargs.get("sliding_window")
-    head_dim = query.shape[-1]
-    scale = scaling if scaling is not None else head_dim**-0.5
+    rule = ScoreRule(scale=scaling if scaling is not None else query.shape[-1] ** -0.5,
+                     window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"), sinks=kwargs.get("s_aux"))
 
     meta.kv_cache.write(layer, meta.slot_mapping, key[0], value[0])
     _, h, t, d = query.shape
@@ -203,12 +248,28 @@ def paged_attention_forward(
     nd = meta.num_decodes
     if isinstance(meta.decode, MirrorDecode):
         out[:nd] = _decode_mirror(meta, meta.decode, layer, query[0, :, :nd], key[0, :, :nd], value[0, :, :nd],
-                                  scale, window)
+                                  rule)
     elif isinstance(meta.decode, GatherDecode):
-        out[:nd] = _decode_gather(meta, meta.decode, layer, query[0, :, :nd], scale, window)
+        out[:nd] = _decode_gather(meta, meta.decode, layer, query[0, :, :nd], rule)
     for span in meta.prefills:
-        out[span.token_start : span.token_end] = _prefill(meta, layer, span, query, key, value, scale, window)
+        out[span.token_start : span.token_end] = _prefill(meta, layer, span, query, key, value, rule)
     return out.unsqueeze(0), None
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's architecture cannot run on the paged KV cache."""
+
+
+def require_attention_interface(config: PretrainedConfig) -> None:
+    """Refuse, before any weight is loaded, a model whose layers compute attention themselves instead of
+    calling transformers' attention interface (its class says so with `_supports_attention_backend`)."""
+    model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is None:
+        return  # not a causal LM transformers knows: loading it fails with transformers' own message
+    if not getattr(model_class, "_supports_attention_backend", False):
+        raise UnsupportedModelError(
+            f"{model_class.__name__} computes attention in its own code rather than through transformers' "
+            f"attention interface, so it cannot run on hfserve's paged KV cache")
 
 
 def register() -> None:

@@ -71,6 +71,7 @@ class ModelRunner:
         torch.manual_seed(model_config.seed)
         path = Path(model_config.model)
         hf_config = AutoConfig.from_pretrained(path)
+        attention.require_attention_interface(hf_config)
         self.max_model_len = min(model_config.max_model_len or model_max_len(hf_config), model_max_len(hf_config))
         self.model = AutoModelForCausalLM.from_pretrained(
             path, dtype=self.dtype, attn_implementation=attention.ATTENTION_NAME
