@@ -7,6 +7,7 @@ import sys
 import uvloop
 
 from service.cli import build_parser, configs_from_args
+from service.errors import StartupError
 from service.logging_setup import configure_logging
 
 
@@ -18,12 +19,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hfserve: {exc}", file=sys.stderr)
         return 2
     configure_logging(server_config.log_format, server_config.log_level)
-    from service.engine.attention import UnsupportedModelError
     from service.server import serve  # imports torch; after argument errors have had their chance
 
     try:
         return uvloop.run(serve(engine_config, server_config))
-    except UnsupportedModelError as exc:
+    except StartupError as exc:
         print(f"hfserve: {exc}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from service.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, ServerConfig
+from service.engine.sampling_defaults import FILE_NAME as GENERATION_CONFIG_FILE
+from service.engine.sampling_defaults import NO_DEFAULTS
 
 DEFAULT_MODEL = "models/default"
 API_KEY_ENV = "HFSERVE_API_KEY"
@@ -28,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-model-len", type=int, default=None, help="Context length; default: the model's.")
     m.add_argument("--seed", type=int, default=0, help="Seed for unseeded sampling.")
     m.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the tokenizer's.")
+    m.add_argument("--generation-config", default="auto",
+                   help="Sampling defaults for parameters a request leaves out: auto (the model's "
+                        "generation_config.json), none, or a directory holding a generation_config.json.")
     m.add_argument("--packed-linear", action=argparse.BooleanOptionalAction, default=None,
                    help="CPU: run linear layers through oneDNN with prepacked weights (default: on where "
                         "supported; doubles weight memory).")
@@ -90,6 +95,10 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerCon
     _require_checkpoint_dir(args.model)
     if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
         raise ValueError(f"--tokenizer {args.tokenizer}: no such directory")
+    setting = args.generation_config
+    if setting != "auto" and setting not in NO_DEFAULTS and not (Path(setting) / GENERATION_CONFIG_FILE).is_file():
+        raise ValueError(f"--generation-config {setting}: expected auto, none or a directory holding a "
+                         f"{GENERATION_CONFIG_FILE}")
     engine = EngineConfig(
         model=ModelConfig(
             model=args.model,
@@ -100,6 +109,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerCon
             max_model_len=args.max_model_len,
             seed=args.seed,
             chat_template=args.chat_template,
+            generation_config=args.generation_config,
             packed_linear=args.packed_linear,
             enforce_eager=args.enforce_eager,
         ),

@@ -25,6 +25,8 @@ class ModelConfig:
     packed_linear: bool | None = None
     # CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (cuda_graphs.py).
     enforce_eager: bool = False
+    # Where requests' sampling defaults come from: auto | none | a directory (engine/sampling_defaults.py).
+    generation_config: str = "auto"
 
     def __post_init__(self) -> None:
         _require(self.dtype in ("auto", "float32", "bfloat16", "float16", "float64"),

@@ -1,4 +1,5 @@
-"""Typed errors shared by the engine and the HTTP layer. Each knows its HTTP status and OpenAI error type."""
+"""Typed errors shared by the engine and the HTTP layer. Each ServiceError knows its HTTP status and OpenAI error
+type; a StartupError stops the server before it serves."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ def short_repr(value: object) -> str:
     if len(text) > MAX_ECHO_CHARS:
         return text[: MAX_ECHO_CHARS - 3] + "..."
     return text
+
+
+class StartupError(Exception):
+    """The server cannot start with this model or configuration: `hfserve` prints the message and exits 2."""
 
 
 class ServiceError(Exception):

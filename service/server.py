@@ -13,6 +13,7 @@ from service.api.context import ServerContext
 from service.config import EngineConfig, ServerConfig
 from service.embeddings.service import EmbeddingService
 from service.engine.factory import build_engine
+from service.engine.sampling_defaults import load_sampling_defaults
 from service.errors import ShuttingDownError
 from service.gc_policy import settle_after_startup
 
@@ -27,7 +28,8 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig) -> int
         path, wait_s = server_config.embedding_model, server_config.embedding_batch_wait_s
         device = str(getattr(engine.runner, "device", "cpu")).split(":")[0]
         embeddings = await loop.run_in_executor(None, lambda: EmbeddingService(path, device, wait_s))
-    ctx = ServerContext(engine, tokenizer, engine_config.model.name, server_config, embeddings)
+    sampling_defaults = load_sampling_defaults(engine_config.model.generation_config, engine_config.model.model)
+    ctx = ServerContext(engine, tokenizer, engine_config.model.name, server_config, embeddings, sampling_defaults)
     app = create_app(ctx)
     settle_after_startup()
     # handler_cancellation: a client that disconnects cancels its handler, whose `finally` aborts the request.

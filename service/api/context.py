@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -22,6 +23,8 @@ class ServerContext:
     model_name: str
     config: ServerConfig
     embeddings: EmbeddingService | None = None
+    # The model's values for sampling parameters a request leaves out (engine/sampling_defaults.py).
+    sampling_defaults: Mapping[str, float | int] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def check_model(self, name: str | None) -> None:

@@ -56,7 +56,8 @@ def submitted(
     try:
         for i, ids in enumerate(prompts):
             for j in range(fields.n):
-                params = fields.to_sampling_params(max_tokens[i], logprobs, seed_offset=j)
+                params = fields.to_sampling_params(max_tokens[i], logprobs, seed_offset=j,
+                                                   defaults=ctx.sampling_defaults)
                 handles.append(ctx.engine.add_request(
                     ids, params, stream=fields.stream, priority=fields.priority,
                     timeout_s=ctx.timeout_for(fields.request_timeout),

@@ -30,6 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from service.engine.decode_mirror import DecodeKVMirror, RowFill
 from service.engine.kv_cache import KVCache
+from service.errors import StartupError
 
 ATTENTION_NAME = "hfserve_paged"
 
@@ -256,7 +257,7 @@ def paged_attention_forward(
     return out.unsqueeze(0), None
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(StartupError):
     """The checkpoint's architecture cannot run on the paged KV cache."""
 
 

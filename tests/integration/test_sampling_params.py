@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+from service.engine.sampling_defaults import load_sampling_defaults
+
 
 @pytest.fixture
 async def client(make_client):
@@ -153,3 +155,20 @@ async def test_chat_equals_completions_on_the_tokenized_conversation(client):
         assert chat_body["choices"][0]["token_ids"] == plain["choices"][0]["token_ids"]
         assert chat_body["choices"][0]["message"]["content"] == plain["choices"][0]["text"]
         assert chat_body["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"] == len(ids)
+
+
+async def test_the_models_generation_config_sets_what_requests_leave_out(make_client, tiny_model_dir, tmp_path):
+    # A model whose generation_config.json asks for greedy decoding.
+    (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.0, "do_sample": False}))
+    defaults = load_sampling_defaults(str(tmp_path), str(tiny_model_dir))
+    client = await make_client(sampling_defaults=dict(defaults))
+    prompt = "def add(a, b):"
+    greedy = (await post(client, prompt=prompt, max_tokens=12, temperature=0))["choices"][0]["text"]
+    left_out = await post(client, prompt=prompt, max_tokens=12, n=3)
+    assert [c["text"] for c in left_out["choices"]] == [greedy] * 3
+    chat = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt}],
+                                                            "max_tokens": 12, "n": 2})
+    assert len({c["message"]["content"] for c in (await chat.json())["choices"]}) == 1
+    # A request that sets temperature itself samples, whatever the model's default.
+    sampled = await post(client, prompt=prompt, max_tokens=12, n=3, temperature=1.0, seed=1)
+    assert any(c["text"] != greedy for c in sampled["choices"])

@@ -15,3 +15,8 @@ def test_a_model_path_without_a_checkpoint_is_refused_before_loading(tmp_path, c
 def test_a_missing_tokenizer_directory_is_refused(tiny_model_dir, tmp_path, capsys):
     assert main(["--model", str(tiny_model_dir), "--tokenizer", str(tmp_path / "nope")]) == 2
     assert "--tokenizer" in capsys.readouterr().err
+
+
+def test_a_generation_config_directory_without_the_file_is_refused(tiny_model_dir, tmp_path, capsys):
+    assert main(["--model", str(tiny_model_dir), "--generation-config", str(tmp_path)]) == 2
+    assert "--generation-config" in capsys.readouterr().err

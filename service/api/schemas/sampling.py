@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,6 +23,8 @@ MAX_STOP_TOKEN_IDS = 64
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 NonEmptyText = Annotated[str, Field(min_length=1)]
+
+EMPTY: Mapping[str, float | int] = MappingProxyType({})
 
 
 # Request models validate strictly: JSON `true` is not the integer 1, and "0.5" is not a number. Unknown fields
@@ -101,17 +105,26 @@ class SamplingFields(BaseModel):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-    def to_sampling_params(self, max_tokens: int, logprobs: int | None, seed_offset: int = 0) -> SamplingParams:
+    def to_sampling_params(self, max_tokens: int, logprobs: int | None, seed_offset: int = 0,
+                           defaults: Mapping[str, float | int] = EMPTY) -> SamplingParams:
+        """`defaults`: the model's values for temperature, top_p, top_k, min_p and repetition_penalty, used where
+        the request did not set the parameter itself (engine/sampling_defaults.py)."""
         seed = None
         if self.seed is not None:
             seed = (self.seed + seed_offset) & UINT64_MAX
+        chosen: dict[str, Any] = {
+            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if defaults:
+            chosen.update((k, v) for k, v in defaults.items() if k not in self.model_fields_set)
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=max(self.top_k, 0),
-            min_p=self.min_p,
-            repetition_penalty=self.repetition_penalty,
+            temperature=chosen["temperature"],
+            top_p=chosen["top_p"],
+            top_k=max(chosen["top_k"], 0),
+            min_p=chosen["min_p"],
+            repetition_penalty=chosen["repetition_penalty"],
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             seed=seed,

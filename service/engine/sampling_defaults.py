@@ -1,0 +1,76 @@
+"""The model's own sampling defaults: what its `generation_config.json` sets for the parameters a request leaves out.
+
+A checkpoint's authors often ship the sampling they tuned it for (an instruct model with temperature 0.7 and
+top_p 0.8, say). As vLLM does with `--generation-config auto`, a request that does not set temperature, top_p,
+top_k, min_p or repetition_penalty gets the model's value instead of OpenAI's default; a value the request sets,
+even to the API default, wins. Only keys the file itself lists count (transformers' GenerationConfig would fill
+in its own defaults, such as top_k=50, that the model never asked for), and a value outside the range a request
+may use is ignored with a warning.
+
+    --generation-config auto    the model directory's generation_config.json (absent: no defaults)
+    --generation-config none    no defaults (`vllm`, vLLM's spelling of the same, is accepted too)
+    --generation-config DIR     DIR/generation_config.json
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from service.errors import StartupError
+
+log = structlog.get_logger("sampling_defaults")
+
+FILE_NAME = "generation_config.json"
+NO_DEFAULTS = ("none", "vllm")
+
+# The parameters a model may default, each with the check a request's value must pass (api/schemas/sampling.py).
+_ACCEPTS: dict[str, Callable[[Any], bool]] = {
+    "temperature": lambda v: _is_number(v) and 0.0 <= v <= 2.0,
+    "top_p": lambda v: _is_number(v) and 0.0 < v <= 1.0,
+    "top_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1,
+    "min_p": lambda v: _is_number(v) and 0.0 <= v <= 1.0,
+    "repetition_penalty": lambda v: _is_number(v) and 0.0 < v <= 2.0,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def load_sampling_defaults(setting: str, model_dir: str) -> Mapping[str, float | int]:
+    """The defaults `--generation-config setting` asks for; {} for none. A DIR without the file, or a file that is
+    not a JSON object, is a StartupError."""
+    if setting in NO_DEFAULTS:
+        return {}
+    if setting == "auto":
+        path = Path(model_dir) / FILE_NAME
+        if not path.is_file():
+            return {}
+    else:
+        path = Path(setting) / FILE_NAME
+        if not path.is_file():
+            raise StartupError(f"--generation-config {setting}: no {FILE_NAME} there")
+    try:
+        config = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise StartupError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise StartupError(f"{path}: expected a JSON object")
+    defaults: dict[str, float | int] = {}
+    for key, accepts in _ACCEPTS.items():
+        if key not in config or config[key] is None:
+            continue
+        if accepts(config[key]):
+            defaults[key] = config[key]
+        else:
+            log.warning("ignoring a sampling default outside the range a request may use", file=str(path),
+                        key=key, value=config[key])
+    if defaults:
+        log.info("sampling defaults from the model's generation config; requests that leave these out get them",
+                 file=str(path), **defaults)
+    return defaults
