@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
+from service.api.sampling_defaults import FILE_NAME as GENERATION_CONFIG_FILE
+from service.api.sampling_defaults import NO_DEFAULTS
 from service.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, ServerConfig
-from service.engine.sampling_defaults import FILE_NAME as GENERATION_CONFIG_FILE
-from service.engine.sampling_defaults import NO_DEFAULTS
 
 DEFAULT_MODEL = "models/default"
 API_KEY_ENV = "HFSERVE_API_KEY"

@@ -25,7 +25,7 @@ class ModelConfig:
     packed_linear: bool | None = None
     # CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (cuda_graphs.py).
     enforce_eager: bool = False
-    # Where requests' sampling defaults come from: auto | none | a directory (engine/sampling_defaults.py).
+    # Where requests' sampling defaults come from: auto | none | a directory (api/sampling_defaults.py).
     generation_config: str = "auto"
 
     def __post_init__(self) -> None:

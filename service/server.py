@@ -10,10 +10,10 @@ from aiohttp import web
 
 from service.api.app import create_app
 from service.api.context import ServerContext
+from service.api.sampling_defaults import load_sampling_defaults
 from service.config import EngineConfig, ServerConfig
 from service.embeddings.service import EmbeddingService
 from service.engine.factory import build_engine
-from service.engine.sampling_defaults import load_sampling_defaults
 from service.errors import ShuttingDownError
 from service.gc_policy import settle_after_startup
 

@@ -23,7 +23,7 @@ class ServerContext:
     model_name: str
     config: ServerConfig
     embeddings: EmbeddingService | None = None
-    # The model's values for sampling parameters a request leaves out (engine/sampling_defaults.py).
+    # The model's values for sampling parameters a request leaves out (api/sampling_defaults.py).
     sampling_defaults: Mapping[str, float | int] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
 

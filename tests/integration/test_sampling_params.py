@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from service.engine.sampling_defaults import load_sampling_defaults
+from service.api.sampling_defaults import load_sampling_defaults
 
 
 @pytest.fixture

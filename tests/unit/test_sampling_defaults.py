@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from service.api.sampling_defaults import load_sampling_defaults
 from service.api.schemas.chat import ChatCompletionRequest
 from service.api.schemas.completions import CompletionRequest
-from service.engine.sampling_defaults import load_sampling_defaults
 from service.errors import StartupError
 
 QWEN_LIKE = {"bos_token_id": 1, "do_sample": True, "eos_token_id": [2, 3], "max_new_tokens": 2048,

@@ -108,7 +108,7 @@ class SamplingFields(BaseModel):
     def to_sampling_params(self, max_tokens: int, logprobs: int | None, seed_offset: int = 0,
                            defaults: Mapping[str, float | int] = EMPTY) -> SamplingParams:
         """`defaults`: the model's values for temperature, top_p, top_k, min_p and repetition_penalty, used where
-        the request did not set the parameter itself (engine/sampling_defaults.py)."""
+        the request did not set the parameter itself (api/sampling_defaults.py)."""
         seed = None
         if self.seed is not None:
             seed = (self.seed + seed_offset) & UINT64_MAX

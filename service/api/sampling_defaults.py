@@ -5,7 +5,7 @@ top_p 0.8, say). As vLLM does with `--generation-config auto`, a request that do
 top_k, min_p or repetition_penalty gets the model's value instead of OpenAI's default; a value the request sets,
 even to the API default, wins. Only keys the file itself lists count (transformers' GenerationConfig would fill
 in its own defaults, such as top_k=50, that the model never asked for), and a value outside the range a request
-may use is ignored with a warning.
+may use (api/schemas/sampling.py) is ignored with a warning.
 
     --generation-config auto    the model directory's generation_config.json (absent: no defaults)
     --generation-config none    no defaults (`vllm`, vLLM's spelling of the same, is accepted too)
@@ -14,13 +14,14 @@ may use is ignored with a warning.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import orjson
 import structlog
+from pydantic import ValidationError
 
+from service.api.schemas.sampling import SamplingFields
 from service.errors import StartupError
 
 log = structlog.get_logger("sampling_defaults")
@@ -28,18 +29,8 @@ log = structlog.get_logger("sampling_defaults")
 FILE_NAME = "generation_config.json"
 NO_DEFAULTS = ("none", "vllm")
 
-# The parameters a model may default, each with the check a request's value must pass (api/schemas/sampling.py).
-_ACCEPTS: dict[str, Callable[[Any], bool]] = {
-    "temperature": lambda v: _is_number(v) and 0.0 <= v <= 2.0,
-    "top_p": lambda v: _is_number(v) and 0.0 < v <= 1.0,
-    "top_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1,
-    "min_p": lambda v: _is_number(v) and 0.0 <= v <= 1.0,
-    "repetition_penalty": lambda v: _is_number(v) and 0.0 < v <= 2.0,
-}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+# The parameters a model may default.
+KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
 def load_sampling_defaults(setting: str, model_dir: str) -> Mapping[str, float | int]:
@@ -62,12 +53,13 @@ def load_sampling_defaults(setting: str, model_dir: str) -> Mapping[str, float |
     if not isinstance(config, dict):
         raise StartupError(f"{path}: expected a JSON object")
     defaults: dict[str, float | int] = {}
-    for key, accepts in _ACCEPTS.items():
-        if key not in config or config[key] is None:
+    for key in KEYS:
+        if config.get(key) is None:
             continue
-        if accepts(config[key]):
+        try:  # the range and type a request's own value must have
+            SamplingFields.model_validate({key: config[key]})
             defaults[key] = config[key]
-        else:
+        except ValidationError:
             log.warning("ignoring a sampling default outside the range a request may use", file=str(path),
                         key=key, value=config[key])
     if defaults:
