@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         engine_config, server_config = configs_from_args(args)
-    except ValueError as exc:
+    except (ValueError, StartupError) as exc:
         print(f"hfserve: {exc}", file=sys.stderr)
         return 2
     configure_logging(server_config.log_format, server_config.log_level)

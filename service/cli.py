@@ -6,8 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from service.api.sampling_defaults import FILE_NAME as GENERATION_CONFIG_FILE
-from service.api.sampling_defaults import NO_DEFAULTS
+from service.api.sampling_defaults import config_file
 from service.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, ServerConfig
 
 DEFAULT_MODEL = "models/default"
@@ -95,10 +94,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EngineConfig, ServerCon
     _require_checkpoint_dir(args.model)
     if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
         raise ValueError(f"--tokenizer {args.tokenizer}: no such directory")
-    setting = args.generation_config
-    if setting != "auto" and setting not in NO_DEFAULTS and not (Path(setting) / GENERATION_CONFIG_FILE).is_file():
-        raise ValueError(f"--generation-config {setting}: expected auto, none or a directory holding a "
-                         f"{GENERATION_CONFIG_FILE}")
+    config_file(args.generation_config, args.model)  # StartupError, before any model loads
     engine = EngineConfig(
         model=ModelConfig(
             model=args.model,

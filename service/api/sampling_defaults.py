@@ -33,19 +33,26 @@ NO_DEFAULTS = ("none", "vllm")
 KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
+def config_file(setting: str, model_dir: str) -> Path | None:
+    """The file `--generation-config setting` reads, None for no defaults; StartupError for a DIR without one.
+    Touches only the file system, so the command line is checked with it before the model loads."""
+    if setting in NO_DEFAULTS:
+        return None
+    if setting == "auto":
+        path = Path(model_dir) / FILE_NAME
+        return path if path.is_file() else None
+    path = Path(setting) / FILE_NAME
+    if not path.is_file():
+        raise StartupError(f"--generation-config {setting}: expected auto, none or a directory holding a {FILE_NAME}")
+    return path
+
+
 def load_sampling_defaults(setting: str, model_dir: str) -> Mapping[str, float | int]:
     """The defaults `--generation-config setting` asks for; {} for none. A DIR without the file, or a file that is
     not a JSON object, is a StartupError."""
-    if setting in NO_DEFAULTS:
+    path = config_file(setting, model_dir)
+    if path is None:
         return {}
-    if setting == "auto":
-        path = Path(model_dir) / FILE_NAME
-        if not path.is_file():
-            return {}
-    else:
-        path = Path(setting) / FILE_NAME
-        if not path.is_file():
-            raise StartupError(f"--generation-config {setting}: no {FILE_NAME} there")
     try:
         config = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:

@@ -53,7 +53,8 @@ def test_a_broken_file_stops_start_up(tmp_path, content):
 
 
 def test_a_directory_without_the_file_stops_start_up(tmp_path):
-    with pytest.raises(StartupError, match=r"no generation_config\.json"):
+    with pytest.raises(StartupError, match=r"--generation-config .*missing: expected auto, none or a directory "
+                                           r"holding a generation_config\.json"):
         load_sampling_defaults(str(tmp_path / "missing"), str(tmp_path))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -112,19 +112,18 @@ class SamplingFields(BaseModel):
         seed = None
         if self.seed is not None:
             seed = (self.seed + seed_offset) & UINT64_MAX
-        chosen: dict[str, Any] = {
-            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
-            "repetition_penalty": self.repetition_penalty,
-        }
-        if defaults:
-            chosen.update((k, v) for k, v in defaults.items() if k not in self.model_fields_set)
+        src = self
+        if defaults:  # no copy unless the model has defaults the request left out
+            unset = {k: v for k, v in defaults.items() if k not in self.model_fields_set}
+            if unset:
+                src = self.model_copy(update=unset)
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=chosen["temperature"],
-            top_p=chosen["top_p"],
-            top_k=max(chosen["top_k"], 0),
-            min_p=chosen["min_p"],
-            repetition_penalty=chosen["repetition_penalty"],
+            temperature=src.temperature,
+            top_p=src.top_p,
+            top_k=max(src.top_k, 0),
+            min_p=src.min_p,
+            repetition_penalty=src.repetition_penalty,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             seed=seed,
