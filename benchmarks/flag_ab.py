@@ -26,7 +26,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.cli import async_main
-from loadtest.compare import HOST, READY_TIMEOUT_S, Peer, free_port, start_server, stop, wait_ready
+from loadtest.compare import READY_TIMEOUT_S, Peer, start_server, stop
+from loadtest.local_server import HOST, free_port, wait_healthy
 
 STANDARD_HARNESS = ("--random-input-len 60 --random-output-len 64 --num-prompts 128 --max-concurrency 32 "
                     "--num-warmups 4")
@@ -51,7 +52,7 @@ async def run_side(label: str, flags: list[str], args: argparse.Namespace, round
     proc = start_server(Peer(f"{label}-{round_no}", label, command, [], {}), Path(args.log_dir))
     base_url = f"http://{HOST}:{port}"
     try:
-        await wait_ready(proc, base_url, READY_TIMEOUT_S)
+        await wait_healthy(base_url, proc.poll, READY_TIMEOUT_S, interval_s=0.5)
         argv = ["--base-url", base_url, "--model", "ab", "--dataset-name", "random", "--random-range-ratio", "0",
                 "--temperature", "0", "--tokenizer", args.model_dir, "--disable-tqdm", "--seed", "0",
                 *shlex.split(args.harness)]

@@ -17,7 +17,6 @@ import http.client
 import multiprocessing
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +25,10 @@ from pathlib import Path
 
 import aiohttp
 
+from loadtest.local_server import ServerExitedError, free_port, wait_healthy
 from service.model_builder import build, corpus_files
 
 MODEL_DIR = Path("models/long-context")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def poll_health(port: int, stop_at: float, out: multiprocessing.Queue) -> None:
@@ -105,18 +99,10 @@ def main() -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
+        try:
+            asyncio.run(wait_healthy(f"http://127.0.0.1:{port}", server.poll, 300, interval_s=0.2))
+        except (ServerExitedError, TimeoutError) as exc:
+            raise SystemExit(f"the server did not start: {exc}") from exc
         prompts = long_prompts(args.prompts, args.tokens)
         queue: multiprocessing.Queue = multiprocessing.Queue()
         poller = multiprocessing.Process(target=poll_health, args=(port, time.monotonic() + args.window, queue))

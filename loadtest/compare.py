@@ -17,7 +17,6 @@ import asyncio
 import os
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,13 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
 from loadtest.cli import async_main
+from loadtest.local_server import HOST, free_port, wait_healthy
 from loadtest.report import git_commit, machine_info
 
-HOST = "127.0.0.1"
 # The core issue's comparison: 128 streamed requests of ~60 prompt tokens, 64 output tokens, 32 clients.
 STANDARD = {"num_prompts": 128, "max_concurrency": 32, "input_len": 60, "output_len": 64}
 READY_TIMEOUT_S = 600.0
@@ -90,28 +88,6 @@ def make_peers(model_dir: Path, port: int, python: str, peer_venv: Path, dtype: 
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_ready(proc: subprocess.Popen[bytes], base_url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-            try:
-                async with session.get(base_url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            await asyncio.sleep(0.5)
-    raise RuntimeError(f"server at {base_url} not ready within {timeout_s:.0f}s")
-
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
@@ -149,7 +125,7 @@ async def bench_one(peer: Peer, port: int, args: argparse.Namespace, log_dir: Pa
     base_url = f"http://{HOST}:{port}"
     try:
         started = time.monotonic()
-        await wait_ready(proc, base_url, READY_TIMEOUT_S)
+        await wait_healthy(base_url, proc.poll, READY_TIMEOUT_S, interval_s=0.5)
         print(f"ready after {time.monotonic() - started:.1f}s", flush=True)
         argv = ["--base-url", base_url, *workload_args(args), *peer.harness_args, "--save-result",
                 "--result-dir", str(log_dir), "--result-filename", f"{peer.name}-{round_no}.json"]

@@ -6,18 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 
 import aiohttp
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from loadtest.local_server import ServerExitedError, free_port, wait_healthy
 
 
 async def start_server(model_dir, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -29,19 +24,14 @@ async def start_server(model_dir, *extra: str) -> tuple[asyncio.subprocess.Proce
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as s:
-        for _ in range(600):
-            try:
-                async with s.get(base + "/health") as r:
-                    if r.status == 200:
-                        return proc, base
-            except aiohttp.ClientError:
-                pass
-            if proc.returncode is not None:
-                raise RuntimeError((await proc.stderr.read()).decode()[-3000:])  # type: ignore[union-attr]
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become healthy")
+    try:
+        await wait_healthy(base, lambda: proc.returncode, 60)
+    except ServerExitedError as exc:
+        raise RuntimeError((await proc.stderr.read()).decode()[-3000:]) from exc  # type: ignore[union-attr]
+    except TimeoutError:
+        proc.kill()
+        raise
+    return proc, base
 
 
 async def stream_events(session: aiohttp.ClientSession, url: str, max_tokens: int) -> list[bytes]:

@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 
 from loadtest.cli import async_main
-from loadtest.compare import free_port, make_peers, start_server, stop, wait_ready
+from loadtest.compare import make_peers, start_server, stop
+from loadtest.local_server import free_port, wait_healthy
 from loadtest.static_baseline_server import BATCHER, create_app
 
 PEER_VENV = Path(__file__).resolve().parents[2] / ".venv-peer"
@@ -99,7 +100,7 @@ async def test_against_transformers_serve(tiny_model_dir: Path, tmp_path: Path) 
     peer = make_peers(tiny_model_dir, port, sys.executable, PEER_VENV, "float32", 4, tmp_path)["transformers"]
     proc = start_server(peer, tmp_path / "logs")
     try:
-        await wait_ready(proc, f"http://127.0.0.1:{port}", 300)
+        await wait_healthy(f"http://127.0.0.1:{port}", proc.poll, 300, interval_s=0.5)
         (r,) = await async_main([
             "--base-url", f"http://127.0.0.1:{port}", "--disable-tqdm", "--num-prompts", "8",
             "--max-concurrency", "4", "--random-input-len", "12", "--random-output-len", "8", "--temperature", "0",

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -40,6 +39,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.local_server import ServerExitedError, free_port, wait_healthy
 from service.engine.packed_linear import PACKED_MAX_ROWS
 from service.model_builder import build
 from tests.soak.traffic import ALLOWED, Traffic
@@ -57,12 +57,6 @@ EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b
 # A stream handler's write that races the client's hang-up fails this way; the request is still aborted (the
 # handler's `finally`), so it is log noise, not a leak. Any other traceback fails the soak.
 HARMLESS_TRACEBACK = "ClientConnectionResetError: Cannot write to closing transport"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -95,19 +89,14 @@ async def start_server(model_dir: Path, log_path: Path) -> tuple[asyncio.subproc
     )
     log_file.close()
     base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as s:
-        for _ in range(1200):
-            try:
-                async with s.get(base + "/health") as r:
-                    if r.status == 200:
-                        return proc, base
-            except aiohttp.ClientError:
-                pass
-            if proc.returncode is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}; see {log_path}")
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become healthy")
+    try:
+        await wait_healthy(base, lambda: proc.returncode, 120)
+    except ServerExitedError as exc:
+        raise RuntimeError(f"{exc}; see {log_path}") from exc
+    except TimeoutError:
+        proc.kill()
+        raise
+    return proc, base
 
 
 async def drive(traffic: Traffic, seconds: float) -> None:
