@@ -50,9 +50,16 @@ def submitted(
     """Queue n requests per prompt (`async with submitted(...) as handles`); see Submission.
 
     `max_tokens[i]` is the budget of prompt i. Choice j of a seeded request uses seed + j, so the n choices
-    differ but each is reproducible. If one cannot be queued (429, 400), those already queued are aborted.
+    differ but each is reproducible. Every prompt is checked before any is queued; if one still cannot be
+    queued (429), those already queued are aborted.
     """
     handles: list[RequestHandle] = []
+    if len(prompts) > 1:
+        # A prompt that can never run fails the whole request before any other is queued. (Choices of one
+        # prompt differ only in their seed, so its first choice answers for the rest.)
+        for i, ids in enumerate(prompts):
+            ctx.engine.check_request(ids, fields.to_sampling_params(max_tokens[i], logprobs,
+                                                                    defaults=ctx.sampling_defaults))
     try:
         for i, ids in enumerate(prompts):
             for j in range(fields.n):

@@ -18,7 +18,7 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,6 +81,14 @@ class _InFlight:
     sched: SchedulerOutput
     future: asyncio.Future[ModelRunnerOutput]
     submitted_at: float
+
+
+def _refuse_token_id(token_ids: Sequence[int], vocab: int, param: str) -> None:
+    """Raise a BadRequestError naming the first of `token_ids` outside [0, vocab), if any."""
+    bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        where = "" if param == "prompt" else f" in {param}"
+        raise BadRequestError(f"Token id {bad}{where} is outside the vocabulary [0, {vocab}).", param=param)
 
 
 def _retrieve_exception(fut: asyncio.Future[RequestResult]) -> None:
@@ -174,13 +182,7 @@ class AsyncEngine:
             raise EngineDeadError(f"The engine is not running: {self.dead_reason}")
         if self.draining:
             raise ShuttingDownError("The server is shutting down and accepts no new requests.")
-        if not prompt_token_ids:
-            raise BadRequestError("The prompt is empty.", param="prompt")
-        vocab = self.runner.vocab_size
-        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
-            bad = next(t for t in prompt_token_ids if not 0 <= t < vocab)
-            raise BadRequestError(f"Token id {bad} is outside the vocabulary [0, {vocab}).", param="prompt")
-        self.scheduler.check_fits(len(prompt_token_ids), params.max_tokens)
+        self.check_request(prompt_token_ids, params)
         self._check_admission(len(prompt_token_ids))
 
         rid = request_id or self.new_request_id()
@@ -206,6 +208,21 @@ class AsyncEngine:
         self.outputs.add(live)
         self._wake.set()
         return RequestHandle(rid, future, out_stream)
+
+    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise a BadRequestError if this request could never run here, whatever the load: an empty prompt, a
+        token id outside the vocabulary (prompt, logit_bias, stop_token_ids: the sampler indexes logits with
+        them), or more tokens than the context or the whole KV cache holds."""
+        if not prompt_token_ids:
+            raise BadRequestError("The prompt is empty.", param="prompt")
+        vocab = self.runner.vocab_size
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
+            _refuse_token_id(prompt_token_ids, vocab, "prompt")
+        if params.logit_bias:
+            _refuse_token_id([t for t, _ in params.logit_bias], vocab, "logit_bias")
+        if params.stop_token_ids:
+            _refuse_token_id(params.stop_token_ids, vocab, "stop_token_ids")
+        self.scheduler.check_fits(len(prompt_token_ids), params.max_tokens)
 
     def _check_admission(self, num_prompt_tokens: int) -> None:
         cfg = self.config.scheduler

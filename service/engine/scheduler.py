@@ -46,7 +46,9 @@ class Scheduler:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{total} tokens ({num_prompt_tokens} in the prompt, {max_tokens} for the completion). "
-                "Please reduce the length of the prompt or max_tokens."
+                "Please reduce the length of the prompt or max_tokens.",
+                # The prompt alone leaves no room for a single token: no max_tokens would help.
+                param="prompt" if num_prompt_tokens >= self.max_model_len else "max_tokens",
             )
         blocks = self.block_manager.blocks_needed(total)
         if blocks > self.block_manager.num_blocks:

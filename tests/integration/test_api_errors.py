@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from service.api.context import CONTEXT
 from service.engine.factory import build_engine
 from tests.factories import engine_config
 
@@ -166,3 +167,44 @@ async def test_embeddings_errors(make_client):
     assert err["code"] == "context_length_exceeded"
     resp = await client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"})
     assert_error(await resp.json(), 400, resp.status, "encoding_format")
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logit_bias": {"5000": 5}}, "logit_bias"),
+        ({"stop_token_ids": [5000]}, "stop_token_ids"),
+        ({"stop_token_ids": [5000], "min_tokens": 2}, "stop_token_ids"),  # min_tokens masks the stop ids
+    ],
+)
+async def test_out_of_vocabulary_ids_in_sampling_fields_are_400_and_leave_the_engine_alive(client, extra, param):
+    """The sampler indexes the logits with these ids: one that is out of range must never reach a step (a failed
+    step fails its whole batch, and consecutive failures declare the engine dead)."""
+    ctx = client.app[CONTEXT]
+    for _ in range(ctx.engine.config.max_consecutive_step_failures + 1):
+        resp = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, **extra})
+        err = assert_error(await resp.json(), 400, resp.status, param)
+        assert "5000" in err["message"]
+    resp = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
+    assert resp.status == 200, await resp.text()
+    assert ctx.engine.is_alive
+
+
+async def test_context_length_param_names_what_to_shorten(client):
+    ctx = client.app[CONTEXT]
+    limit = ctx.engine.max_model_len
+    resp = await client.post("/v1/completions", json={"prompt": [5] * limit, "max_tokens": 1})
+    err = assert_error(await resp.json(), 400, resp.status, "prompt")  # no max_tokens would help
+    assert err["code"] == "context_length_exceeded"
+    resp = await client.post("/v1/completions", json={"prompt": [5] * (limit - 4), "max_tokens": 10})
+    assert_error(await resp.json(), 400, resp.status, "max_tokens")
+
+
+async def test_a_list_of_prompts_with_one_too_long_queues_none(client):
+    ctx = client.app[CONTEXT]
+    finished_before = dict(ctx.engine.stats.requests_finished)
+    resp = await client.post("/v1/completions",
+                             json={"prompt": [[5, 6], [5] * ctx.engine.max_model_len], "max_tokens": 1, "n": 2})
+    assert_error(await resp.json(), 400, resp.status, "prompt")
+    assert ctx.engine.stats.requests_finished == finished_before  # nothing was queued, so nothing was aborted
+    assert ctx.engine.num_live == 0
