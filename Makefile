@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install model run test test-slow lint bench bench-compare bench-overhead soak clean
+.PHONY: install model run test test-slow lint bench bench-compare bench-overhead soak clean help
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -76,3 +76,18 @@ soak: install model
 
 clean:
 	rm -rf $(VENV) models build *.egg-info
+
+# `make help` lists the targets. It is not the default goal: plain `make` still builds the first target, $(BIN)/python.
+help:
+	@echo "make install         create $(VENV) and install the project with its dev and loadtest extras"
+	@echo "make model           build the default model offline into $(MODEL)"
+	@echo "make run             install, build the model, serve it on $(HOST):$(PORT)"
+	@echo "make lint            ruff + mypy"
+	@echo "make test            lint, then the test suite, less the tests marked slow"
+	@echo "make test-slow       the tests marked slow: the soak, more engine fuzz seeds, transformers serve smoke"
+	@echo "make soak            mixed traffic for SOAK_MINUTES ($(SOAK_MINUTES)) against $(MODEL), then leak checks"
+	@echo "make bench           the standard benchmark against this server (BENCH_ARGS adds flags)"
+	@echo "make bench-compare   the same workload against hfserve (fp32 and --dtype auto), transformers serve and"
+	@echo "                     a static-batching baseline, in 3 rounds, written to docs/benchmarks.md"
+	@echo "make bench-overhead  scheduler micro-benchmark and the null-model service benchmark (OVERHEAD_ARGS)"
+	@echo "make clean           remove $(VENV), models, build and *.egg-info"

@@ -69,7 +69,7 @@ def make_peers(model_dir: Path, port: int, python: str, peer_venv: Path, dtype: 
              "--port", str(port), "--dtype", dtype],
             ["--model", model_dir.name], {}),
         "hfserve-auto": Peer(
-            "hfserve-auto", "this project with `--dtype auto` (bf16 where the hardware multiplies bf16 fast)",
+            "hfserve-auto", "this project with `--dtype auto` (on the CPU: bf16 only where it measures faster)",
             [python, "-m", "service", "--model", model, "--served-model-name", model_dir.name, "--host", HOST,
              "--port", str(port), "--dtype", "auto"],
             ["--model", model_dir.name], {}),
@@ -351,7 +351,8 @@ async def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--servers", default="hfserve", help="Comma-separated: hfserve, transformers, static.")
+    p.add_argument("--servers", default="hfserve",
+                   help="Comma-separated: hfserve, hfserve-auto, transformers, static.")
     p.add_argument("--model-dir", default="models/default")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--peer-venv", default=".venv-peer", help="Venv holding transformers[serving].")

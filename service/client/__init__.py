@@ -1,7 +1,9 @@
 """hfserve's Python client: an aiohttp SDK for any OpenAI-compatible server, and the `hfserve-client` CLI.
 
-Imports only aiohttp, orjson and structlog (numpy optionally, for Embeddings.numpy()), never the server's
-modules, so `pip install hfserve[client]` stays light. See docs/client.md.
+Imports only aiohttp (and multidict, which comes with it), orjson and structlog (numpy optionally, for
+Embeddings.numpy()), never the server's modules, so importing it loads no torch or transformers. Installing the
+package still installs the server's dependencies, torch included: the `client` extra adds to them, it does not
+replace them. See docs/client.md.
 """
 
 from __future__ import annotations

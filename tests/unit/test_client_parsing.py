@@ -156,7 +156,7 @@ async def test_argument_mistakes_raise_before_anything_is_sent():
 
 
 def test_the_client_imports_nothing_from_the_server_side():
-    """`pip install hfserve[client]` must be enough: no torch, transformers, numpy or server modules on import."""
+    """Importing the client loads no torch, transformers, numpy or server modules."""
     code = ("import sys, service.client, service.client.cli; "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'numpy') "
             "or m.startswith(('service.engine', 'service.api', 'service.embeddings'))); print(heavy)")
