@@ -30,6 +30,11 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         else structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    if use_json:
+        # transformers draws tqdm bars on stderr while loading weights: not lines a JSON log reader can parse.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 class _SecondCache:

@@ -23,8 +23,9 @@ async def create_embeddings(request: web.Request) -> web.Response:
         raise NotFoundError("This server runs no embedding model.", param="model", code="model_not_found")
     req = EmbeddingRequest.model_validate(await read_json_object(request))
     if req.model is not None and req.model != service.model_name:
-        raise NotFoundError(f"The model {short_repr(req.model)} does not exist.", param="model",
-                            code="model_not_found")
+        what = "is the generation model" if req.model == ctx.model_name else "does not exist"
+        raise NotFoundError(f"The model {short_repr(req.model)} {what}; /v1/embeddings serves "
+                            f"{service.model_name!r}.", param="model", code="model_not_found")
     if req.dimensions is not None and req.dimensions != service.dim:
         raise BadRequestError(f"dimensions={req.dimensions}: this model only produces {service.dim}.",
                               param="dimensions")

@@ -27,6 +27,8 @@ from service.errors import (
 log = structlog.get_logger("api")
 
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+# Union-branch tags that look like field names (pydantic's loc for `str | list[...]` starts a branch with "str").
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none"})
 # Statuses counted as `rejected{reason="invalid"}`; every 429 counts as "overloaded" (generation queue or
 # embedding queue); timeouts are counted by the engine, which also sees those of streams.
 _INVALID_STATUSES = frozenset({400, 404, 405, 413, 415, 422})
@@ -45,7 +47,7 @@ def error_response(err: ServiceError) -> web.Response:
 
 def _param_path(loc: tuple[int | str, ...]) -> str:
     """Field path of a pydantic error location, without the union-branch tags pydantic inserts."""
-    return ".".join(str(p) for p in loc if isinstance(p, int) or _FIELD.fullmatch(p))
+    return ".".join(str(p) for p in loc if isinstance(p, int) or (_FIELD.fullmatch(p) and p not in _TYPE_TAGS))
 
 
 def validation_error(exc: ValidationError) -> BadRequestError:
@@ -55,14 +57,18 @@ def validation_error(exc: ValidationError) -> BadRequestError:
     joined so the client sees what forms were allowed.
     """
     errors = exc.errors()
-    param = _param_path(errors[0]["loc"])
+    # Of the first field's errors, the deepest: when a value matches no branch of a union, the branch that got
+    # furthest into it says best what is wrong (`prompt: [-1]` is a token id below 0, not "not a string").
+    field = errors[0]["loc"][:1]
+    paths = [(_param_path(e["loc"]), e) for e in errors if e["loc"][:1] == field]
+    param, first = max(paths, key=lambda pe: len(pe[0].split(".")) if pe[0] else 0)
     messages: list[str] = []
-    for e in errors:
-        if _param_path(e["loc"]) == param and e["msg"] not in messages:
+    for path, e in paths:
+        if path == param and e["msg"] not in messages:
             messages.append(e["msg"])
     text = "; ".join(messages[:3])
-    if "input" in errors[0] and errors[0]["type"] != "missing":
-        text = f"{text} (got {short_repr(errors[0]['input'])})"
+    if "input" in first and first["type"] != "missing":
+        text = f"{text} (got {short_repr(first['input'])})"
     return BadRequestError(f"{param or 'body'}: {text}", param=param or None)
 
 

@@ -1,4 +1,4 @@
-"""GET /health and GET /v1/models."""
+"""GET /health, GET /v1/models and GET /v1/models/{model}."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import time
 
 from aiohttp import web
 
-from service.api.context import CONTEXT
+from service.api.context import CONTEXT, ServerContext
 from service.api.errors import json_response
+from service.errors import NotFoundError, short_repr
 
 # A step running longer than this means the executor is stuck, not busy.
 STEP_STALL_S = 300.0
@@ -37,9 +38,8 @@ async def health(request: web.Request) -> web.Response:
     return json_response(body, status=200 if not problems else 503)
 
 
-async def list_models(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    data = [{
+def _model_cards(ctx: ServerContext) -> list[dict[str, object]]:
+    data: list[dict[str, object]] = [{
         "id": ctx.model_name,
         "object": "model",
         "created": ctx.created,
@@ -56,4 +56,17 @@ async def list_models(request: web.Request) -> web.Response:
             "root": ctx.embeddings.model.path,
             "max_model_len": ctx.embeddings.model.max_len,
         })
-    return json_response({"object": "list", "data": data})
+    return data
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return json_response({"object": "list", "data": _model_cards(request.app[CONTEXT])})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: one model card, as OpenAI's `models.retrieve` asks for it."""
+    name = request.match_info["model"]
+    for card in _model_cards(request.app[CONTEXT]):
+        if card["id"] == name:
+            return json_response(card)
+    raise NotFoundError(f"The model {short_repr(name)} does not exist.", param="model", code="model_not_found")

@@ -20,6 +20,7 @@ from service.api.schemas.responses import (
     EmbeddingResponse,
     ErrorResponse,
     HealthResponse,
+    ModelCard,
     ModelList,
     TokenizeResponse,
 )
@@ -36,6 +37,7 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], b
     ("post", "/v1/embeddings", "Create embeddings", EmbeddingRequest, EmbeddingResponse, False,
      (400, 401, 404, 413, 415, 429, 500, 503)),
     ("get", "/v1/models", "List the served models", None, ModelList, False, (401,)),
+    ("get", "/v1/models/{model}", "Retrieve one served model", None, ModelCard, False, (401, 404)),
     ("post", "/tokenize", "Tokenize text or chat messages", TokenizeRequest, TokenizeResponse, False,
      (400, 401, 404, 413, 415)),
     ("post", "/detokenize", "Turn token ids back into text", DetokenizeRequest, DetokenizeResponse, False,
@@ -82,6 +84,8 @@ def build_openapi(version: str) -> dict[str, Any]:
             }
         op: dict[str, Any] = {"summary": summary, "operationId": _operation_id(method, path),
                               "responses": responses}
+        if "{model}" in path:
+            op["parameters"] = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
         if req is not None:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": {"$ref": REF.format(model=req.__name__)}}}}
@@ -112,7 +116,7 @@ def _request_models() -> set[type[BaseModel]]:
 
 
 def _operation_id(method: str, path: str) -> str:
-    return method + path.replace("/", "_").replace("-", "_")
+    return method + path.replace("/", "_").replace("-", "_").replace("{", "").replace("}", "")
 
 
 def make_handler(version: str) -> Any:

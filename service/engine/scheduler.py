@@ -244,8 +244,7 @@ class Scheduler:
         n_out = len(request.output_token_ids)
         if n_out >= params.min_tokens:
             if not params.ignore_eos and token in request.eos_token_ids:
-                request.stop_reason = token
-                return RequestStatus.FINISHED_STOPPED
+                return RequestStatus.FINISHED_STOPPED  # the model's own end: stop_reason stays None, as in vLLM
             if token in params.stop_token_ids:
                 request.stop_reason = token
                 return RequestStatus.FINISHED_STOPPED

@@ -208,3 +208,34 @@ async def test_a_list_of_prompts_with_one_too_long_queues_none(client):
     assert_error(await resp.json(), 400, resp.status, "prompt")
     assert ctx.engine.stats.requests_finished == finished_before  # nothing was queued, so nothing was aborted
     assert ctx.engine.num_live == 0
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "says"),
+    [
+        ("/v1/completions", {"prompt": "x", "min_tokens": 5, "max_tokens": 2}, "min_tokens", "at most max_tokens"),
+        ("/v1/chat/completions", {**CHAT, "min_tokens": 5, "max_completion_tokens": 2}, "min_tokens",
+         "at most max_tokens"),
+        ("/v1/chat/completions", {**CHAT, "top_logprobs": 2}, "top_logprobs", "requires logprobs"),
+        ("/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools",
+         "not supported"),
+        ("/v1/completions", {"prompt": [-1]}, "prompt.0", "greater than or equal to 0"),
+        ("/v1/completions", {"prompt": [[]]}, "prompt.0", "at least 1 item"),
+        ("/v1/chat/completions",
+         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "messages.0.content.0.type", "'text'"),
+    ],
+)
+async def test_cross_field_and_union_errors_name_the_parameter(client, path, body, param, says):
+    resp = await client.post(path, json=body)
+    err = assert_error(await resp.json(), 400, resp.status, param)
+    assert says in err["message"]
+    assert "messages" not in err["message"] or param.startswith("messages")  # no echo of the whole body
+
+
+async def test_an_empty_tools_list_is_accepted(client):
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2, "tools": []})
+    assert resp.status == 200, await resp.text()

@@ -120,6 +120,20 @@ async def test_models_lists_both(oai):
     assert {m.id for m in models.data} == {"tiny", "all-MiniLM-L6-v2"}
 
 
+async def test_models_retrieve_each_and_404_for_others(oai):
+    listed = {m.id: m for m in (await oai.models.list()).data}
+    for name, card in listed.items():
+        assert await oai.models.retrieve(name) == card
+    with pytest.raises(openai.NotFoundError) as info:
+        await oai.models.retrieve("gpt-9")
+    assert info.value.code == "model_not_found"
+
+
+async def test_embeddings_with_the_generation_models_name_says_which_model_serves_them(oai):
+    with pytest.raises(openai.NotFoundError, match="is the generation model; /v1/embeddings serves"):
+        await oai.embeddings.create(input="x", model="tiny")
+
+
 @pytest.mark.parametrize("encoding_format", ["float", "base64"])
 async def test_embeddings_match_sentence_transformers(oai, encoding_format):
     ref = json.loads(FIXTURES.read_text())

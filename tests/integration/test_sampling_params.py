@@ -172,3 +172,24 @@ async def test_the_models_generation_config_sets_what_requests_leave_out(make_cl
     # A request that sets temperature itself samples, whatever the model's default.
     sampled = await post(client, prompt=prompt, max_tokens=12, n=3, temperature=1.0, seed=1)
     assert any(c["text"] != greedy for c in sampled["choices"])
+
+
+async def test_null_means_the_default(make_client, tiny_model_dir, tmp_path):
+    """OpenAI's API marks these fields nullable; clients send null for "not set". A null is the API default, or
+    the model's own default where it has one."""
+    (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.0}))
+    client = await make_client(sampling_defaults=dict(load_sampling_defaults(str(tmp_path), str(tiny_model_dir))))
+    prompt = "def add(a, b):"
+    greedy = (await post(client, prompt=prompt, max_tokens=8, temperature=0))["choices"][0]["text"]
+    nulls = {"temperature": None, "top_p": None, "n": None, "presence_penalty": None, "frequency_penalty": None,
+             "stream": None, "echo": None, "top_k": None, "min_tokens": None, "ignore_eos": None, "priority": None,
+             "stream_options": None, "logprobs": None, "seed": None}
+    body = await post(client, prompt=prompt, max_tokens=8, **nulls)
+    assert [c["text"] for c in body["choices"]] == [greedy]  # n=1, greedy from the model's temperature
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "logprobs": None, "temperature": None,
+        "stream_options": {"include_usage": None}, "tools": None})
+    assert resp.status == 200, await resp.text()
+    # A required field is still required.
+    resp = await client.post("/v1/completions", json={"prompt": None})
+    assert resp.status == 400 and (await resp.json())["error"]["param"] == "prompt"

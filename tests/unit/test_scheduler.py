@@ -66,8 +66,9 @@ def test_stops_on_eos_stop_token_and_length():
     for r in (eos, stop_tok, ignore, min_tok):
         s.add_request(r)
     run_to_completion(s, token=1)
-    assert (eos.status, eos.stop_reason, eos.num_output_tokens) == (RequestStatus.FINISHED_STOPPED, 1, 1)
-    assert (stop_tok.status, stop_tok.num_output_tokens) == (RequestStatus.FINISHED_STOPPED, 1)
+    # stop_reason names a stop token the request asked for, not the model's own EOS (vLLM's convention).
+    assert (eos.status, eos.stop_reason, eos.num_output_tokens) == (RequestStatus.FINISHED_STOPPED, None, 1)
+    assert (stop_tok.status, stop_tok.stop_reason, stop_tok.num_output_tokens) == (RequestStatus.FINISHED_STOPPED, 1, 1)
     assert (ignore.status, ignore.num_output_tokens) == (RequestStatus.FINISHED_LENGTH, 3)
     assert (min_tok.status, min_tok.num_output_tokens) == (RequestStatus.FINISHED_STOPPED, 2)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from service.api.schemas.sampling import STRICT, SamplingFields
 from service.engine.sampling_params import MAX_TOP_LOGPROBS
+from service.errors import InvalidParameterError
 
 MAX_MESSAGES = 1024
 
@@ -45,14 +46,21 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = Field(None, max_length=0, description="Tool calling is not supported.")
+    tools: list[dict[str, Any]] | None = Field(None, description="Tool calling is not supported: absent or empty.")
     tool_choice: Literal["none"] | None = None
     return_token_ids: bool = Field(False, description="Also return prompt_token_ids and each choice's token_ids.")
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if v:
+            raise InvalidParameterError("tools", v, "tool calling is not supported by this server")
+        return v
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs requires logprobs to be true")
+            raise InvalidParameterError("top_logprobs", self.top_logprobs, "requires logprobs to be true")
         return self
 
     @property

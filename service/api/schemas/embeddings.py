@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from service.api.schemas.sampling import STRICT, NonEmptyText, TokenIds
+from service.api.schemas.sampling import STRICT, NonEmptyText, NullMeansDefault, TokenIds
 
 MAX_INPUTS = 2048
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(NullMeansDefault):
     model_config = STRICT
     model: str | None = None
     input: (

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from service.engine.sampling_params import (
     MAX_LOGIT_BIAS_ENTRIES,
@@ -14,6 +17,7 @@ from service.engine.sampling_params import (
     MAX_STOP_STRINGS,
     SamplingParams,
 )
+from service.errors import InvalidParameterError
 
 INT64_MIN = -(2**63)
 UINT64_MAX = 2**64 - 1
@@ -32,12 +36,59 @@ EMPTY: Mapping[str, float | int] = MappingProxyType({})
 STRICT = ConfigDict(extra="ignore", strict=True)
 
 
-class StreamOptions(BaseModel):
+class NullMeansDefault(BaseModel):
+    """A JSON null for a field that has a default means that default, as OpenAI's API marks these fields nullable
+    and clients send null for "not set". The field then counts as unset (model_fields_set), so the model's own
+    sampling defaults still apply to it. A required field stays required."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and None in data.values():
+            defaulted = cls._defaulted_fields()
+            data = {k: v for k, v in data.items() if v is not None or k not in defaulted}
+        return data
+
+    @classmethod
+    @functools.cache
+    def _defaulted_fields(cls) -> frozenset[str]:
+        return frozenset(name for name, f in cls.model_fields.items() if not f.is_required())
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """The OpenAPI document says so too: every defaulted property also accepts null."""
+        json_schema = handler(core_schema)
+        properties = handler.resolve_ref_schema(json_schema).get("properties", {})
+        for name in cls._defaulted_fields():
+            prop = properties.get(name)
+            if prop is not None:
+                properties[name] = _nullable(prop)
+        return json_schema
+
+
+_ANNOTATIONS = ("title", "description", "default")
+
+
+def _nullable(prop: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema property that also accepts null (unchanged if it already does)."""
+    branches = prop.get("anyOf")
+    if branches is not None:
+        if {"type": "null"} in branches:
+            return prop
+        return {**prop, "anyOf": [*branches, {"type": "null"}]}
+    if prop.get("type") == "null":
+        return prop
+    outer = {k: v for k, v in prop.items() if k in _ANNOTATIONS}
+    inner = {k: v for k, v in prop.items() if k not in _ANNOTATIONS}
+    return {**outer, "anyOf": [inner, {"type": "null"}]}
+
+
+class StreamOptions(NullMeansDefault):
     model_config = STRICT
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(NullMeansDefault):
     """Everything that shapes generation. Ranges follow OpenAI's API, plus vLLM's extra parameters."""
 
     model_config = STRICT
@@ -95,6 +146,18 @@ class SamplingFields(BaseModel):
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"biases must be in [-100, 100], got {bias}")
         return v
+
+    @model_validator(mode="after")
+    def _check_min_tokens(self) -> SamplingFields:
+        # Against the max_tokens the request set; against a default budget, min_tokens is clamped instead.
+        limit = self.requested_max_tokens
+        if limit is not None and self.min_tokens > limit:
+            raise InvalidParameterError("min_tokens", self.min_tokens, f"must be at most max_tokens ({limit})")
+        return self
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
 
     @property
     def include_usage(self) -> bool:

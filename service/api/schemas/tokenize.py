@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, RootModel
+from pydantic import Field, RootModel
 
 from service.api.schemas.chat import ChatMessage
-from service.api.schemas.sampling import STRICT, TokenId
+from service.api.schemas.sampling import STRICT, NullMeansDefault, TokenId
 
 MAX_DETOKENIZE_TOKENS = 1_000_000
 
 
-class TokenizeTextRequest(BaseModel):
+class TokenizeTextRequest(NullMeansDefault):
     model_config = STRICT
     model: str | None = None
     prompt: str
@@ -20,7 +20,7 @@ class TokenizeTextRequest(BaseModel):
     return_token_strs: bool = False
 
 
-class TokenizeChatRequest(BaseModel):
+class TokenizeChatRequest(NullMeansDefault):
     """Messages are rendered with the chat template, then tokenized."""
 
     model_config = STRICT
@@ -35,7 +35,7 @@ class TokenizeRequest(RootModel[TokenizeTextRequest | TokenizeChatRequest]):
     """Either `prompt` (text) or `messages` (chat)."""
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(NullMeansDefault):
     model_config = STRICT
     model: str | None = None
     tokens: list[TokenId] = Field(..., max_length=MAX_DETOKENIZE_TOKENS)
