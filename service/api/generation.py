@@ -53,23 +53,21 @@ def submitted(
     differ but each is reproducible. Every prompt is checked before any is queued; if one still cannot be
     queued (429), those already queued are aborted.
     """
-    handles: list[RequestHandle] = []
+    jobs = [(ids, fields.to_sampling_params(max_tokens[i], logprobs, seed_offset=j, defaults=ctx.sampling_defaults))
+            for i, ids in enumerate(prompts) for j in range(fields.n)]
     if len(prompts) > 1:
         # A prompt that can never run fails the whole request before any other is queued. (Choices of one
         # prompt differ only in their seed, so its first choice answers for the rest.)
-        for i, ids in enumerate(prompts):
-            ctx.engine.check_request(ids, fields.to_sampling_params(max_tokens[i], logprobs,
-                                                                    defaults=ctx.sampling_defaults))
+        for ids, params in jobs[::fields.n]:
+            ctx.engine.check_request(ids, params)
+    handles: list[RequestHandle] = []
     try:
-        for i, ids in enumerate(prompts):
-            for j in range(fields.n):
-                params = fields.to_sampling_params(max_tokens[i], logprobs, seed_offset=j,
-                                                   defaults=ctx.sampling_defaults)
-                handles.append(ctx.engine.add_request(
-                    ids, params, stream=fields.stream, priority=fields.priority,
-                    timeout_s=ctx.timeout_for(fields.request_timeout),
-                    want_prompt_logprobs=want_prompt_logprobs,
-                ))
+        for ids, params in jobs:
+            handles.append(ctx.engine.add_request(
+                ids, params, stream=fields.stream, priority=fields.priority,
+                timeout_s=ctx.timeout_for(fields.request_timeout),
+                want_prompt_logprobs=want_prompt_logprobs,
+            ))
     except BaseException:
         abort_unfinished(ctx, handles, client_gone=False)
         raise

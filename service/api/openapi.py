@@ -3,6 +3,7 @@ document cannot drift from what the server accepts."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from service.api.schemas.responses import (
 from service.api.schemas.tokenize import DetokenizeRequest, TokenizeRequest
 
 REF = "#/components/schemas/{model}"
+_PATH_PARAM = re.compile(r"\{(\w+)\}")  # /v1/models/{model}
 
 # (method, path, summary, request model, response model, streams, error statuses)
 OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], bool, tuple[int, ...]]] = [
@@ -84,8 +86,9 @@ def build_openapi(version: str) -> dict[str, Any]:
             }
         op: dict[str, Any] = {"summary": summary, "operationId": _operation_id(method, path),
                               "responses": responses}
-        if "{model}" in path:
-            op["parameters"] = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+        if names := _PATH_PARAM.findall(path):
+            op["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                                for n in names]
         if req is not None:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": {"$ref": REF.format(model=req.__name__)}}}}
@@ -116,7 +119,7 @@ def _request_models() -> set[type[BaseModel]]:
 
 
 def _operation_id(method: str, path: str) -> str:
-    return method + path.replace("/", "_").replace("-", "_").replace("{", "").replace("}", "")
+    return method + _PATH_PARAM.sub(r"\1", path).replace("/", "_").replace("-", "_")
 
 
 def make_handler(version: str) -> Any:
