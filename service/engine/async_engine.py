@@ -200,7 +200,7 @@ class AsyncEngine:
             future=future,
             stream=out_stream,
             detok=self.tokenizer.detokenizer(request.prompt_token_ids, params.skip_special_tokens),
-            stops=StopStringMatcher(params.stop) if params.stop else None,
+            stops=StopStringMatcher(params.stop, params.include_stop_str_in_output) if params.stop else None,
             deadline=deadline,
             logprobs=[] if params.logprobs is not None else None,
         )

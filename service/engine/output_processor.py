@@ -40,6 +40,15 @@ class LiveRequest:
     prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
+_STOPPED = RequestStatus.FINISHED_STOPPED
+
+
+def _stopped_by_token(request: Request) -> bool:
+    """Whether the token just sampled ended the request as a stop token (the model's EOS or a stop_token_ids
+    entry) whose text is to be left out (vLLM's include_stop_str_in_output=false)."""
+    return not isinstance(request.stop_reason, str) and not request.sampling_params.include_stop_str_in_output
+
+
 class OutputProcessor:
     def __init__(self, stats: EngineStats, stop_in_scheduler: Callable[[str], object]) -> None:
         self.stats = stats
@@ -67,13 +76,17 @@ class OutputProcessor:
                 continue
             if live.logprobs is not None:
                 live.logprobs.append(logprobs)
-            text = live.detok.append_token(token)
-            if text and live.stops is not None:
-                text = self._through_stops(live, text)
+            request = live.request
+            if request.status is _STOPPED and _stopped_by_token(request):
+                text = ""  # as in vLLM: the stop token stays in token_ids and logprobs, not in the text
+            else:
+                text = live.detok.append_token(token)
+                if text and live.stops is not None:
+                    text = self._through_stops(live, text)
             prompt_lp = prompt_lps.get(rid) if prompt_lps else None
             if prompt_lp is not None:
                 live.prompt_logprobs = (live.prompt_logprobs or []) + prompt_lp
-            if live.request.status > LAST_UNFINISHED:
+            if request.status > LAST_UNFINISHED:
                 self._finish_last(live, RequestDelta(text, [token], [logprobs], prompt_lp))
                 continue
             live.text.append(text)

@@ -31,6 +31,7 @@ class SamplingParams:
     min_tokens: int = 0
     ignore_eos: bool = False
     stop: tuple[str, ...] = ()
+    include_stop_str_in_output: bool = False  # keep the matched stop string at the end of the text (vLLM)
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = field(default=())

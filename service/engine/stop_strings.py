@@ -1,22 +1,33 @@
 """Stop strings, matched on text as it streams.
 
-Text that could be the start of a stop string is held back until the next text proves it is not one, so a
-client never sees part of a stop string. When a stop string appears, the text before it is released and the
-request stops; the stop string itself is not returned.
+By default (vLLM's include_stop_str_in_output=false) the stop string itself is not returned: text that could
+be the start of a stop string is held back until the next text proves it is not one, so a client never sees
+part of a stop string. When a stop string appears, the text before it is released and the request stops.
+
+With `include_in_output` the text runs up to and including the stop string, and nothing after it. Nothing is
+held back then (a partial stop string is part of the output whether or not it completes, as in vLLM); only the
+last few characters already emitted are kept, to find a stop string that starts in them and ends in new text.
+Either way every piece of text is emitted once, so streamed deltas add up to the full response's text.
 """
 
 from __future__ import annotations
 
 
 class StopStringMatcher:
-    def __init__(self, stops: tuple[str, ...]) -> None:
+    def __init__(self, stops: tuple[str, ...], include_in_output: bool = False) -> None:
         self.stops = stops
+        self.include_in_output = include_in_output
+        # Excluding: text not emitted yet, a possible start of a stop string. Including: the tail of the text
+        # already emitted, shorter than the longest stop string (a stop string that starts there is still open).
         self._held = ""
+        self._context_chars = max(map(len, stops), default=1) - 1
 
     def feed(self, text: str) -> tuple[str, str | None]:
         """Returns (text safe to emit, the stop string hit or None)."""
         if not self.stops:
             return text, None
+        if self.include_in_output:
+            return self._feed_including(text)
         buf = self._held + text
         hit_at, hit = -1, None
         for stop in self.stops:
@@ -30,8 +41,31 @@ class StopStringMatcher:
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep], None
 
+    def _feed_including(self, text: str) -> tuple[str, str | None]:
+        """The output ends where the first stop string to complete ends, whichever way the text was split
+        into pieces; of stop strings that end at the same character, the longer one is reported."""
+        seen = len(self._held)
+        buf = self._held + text
+        hit_end, hit = -1, None
+        for stop in self.stops:
+            # No stop string lies wholly within the emitted tail: it would have ended the request already.
+            i = buf.find(stop)
+            if i != -1:
+                end = i + len(stop)
+                if hit is None or end < hit_end or (end == hit_end and len(stop) > len(hit)):
+                    hit_end, hit = end, stop
+        if hit is not None:
+            self._held = ""
+            return buf[seen:hit_end], hit
+        keep = self._context_chars
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return text, None
+
     def flush(self) -> str:
         """At the end of generation, whatever was held back is ordinary text."""
+        if self.include_in_output:  # everything was emitted already; the tail is only context
+            self._held = ""
+            return ""
         held, self._held = self._held, ""
         return held
 

@@ -73,23 +73,28 @@ class Tokenizer:
         return await loop.run_in_executor(self._pool, self._encode_releasing_gil, text, add_special_tokens)
 
     async def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-                          chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
+                          chat_template_kwargs: dict[str, Any] | None = None,
+                          continue_final_message: bool = False) -> list[int]:
         if not self.has_chat_template:
             raise BadRequestError(
                 "This model has no chat template; start the server with --chat-template FILE to use "
                 "/v1/chat/completions.",
                 param="messages",
             )
-        text = self.render_chat(messages, add_generation_prompt, chat_template_kwargs)
+        text = self.render_chat(messages, add_generation_prompt, chat_template_kwargs, continue_final_message)
         # The template writes the special tokens itself.
         return await self.encode(text, add_special_tokens=False)
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-                    chat_template_kwargs: dict[str, Any] | None = None) -> str:
+                    chat_template_kwargs: dict[str, Any] | None = None,
+                    continue_final_message: bool = False) -> str:
+        """The conversation as the template writes it. `continue_final_message` leaves the last message open
+        (no end-of-turn after it) so the model continues it; transformers cuts the text right after its content.
+        The HTTP layer has checked that it is not combined with `add_generation_prompt`."""
         try:
             text = self.hf.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                **(chat_template_kwargs or {}),
+                continue_final_message=continue_final_message, **(chat_template_kwargs or {}),
             )
         except Exception as exc:  # a template raising on odd input is a bad request, not a crash
             raise BadRequestError(f"The chat template could not render these messages: {exc}",

@@ -114,6 +114,17 @@ async def test_chat_validation(client):
     assert_error(await resp.json(), 400, resp.status)
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/tokenize"])
+async def test_continue_final_message_with_add_generation_prompt_is_a_400(client, path):
+    # As in vLLM, the two exclude each other when both are set.
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    resp = await client.post(path, json={"messages": messages, "continue_final_message": True,
+                                         "add_generation_prompt": True})
+    err = assert_error(await resp.json(), 400, resp.status, "continue_final_message")
+    assert "Cannot set both `continue_final_message` and `add_generation_prompt` to True." in err["message"]
+    assert err["type"] == "invalid_request_error"
+
+
 async def test_chat_without_template_is_a_clear_400(make_client, tiny_model_dir, tmp_path):
     bare = tmp_path / "no-template"
     shutil.copytree(tiny_model_dir, bare)

@@ -1,11 +1,11 @@
 """A streamed response says what the full response says: a randomized check over the HTTP API.
 
-Each case draws a request (completions or chat; n, a seed or greedy, stop strings, stop_token_ids, logprobs,
-echo, min_tokens, penalties, max_tokens) and sends it twice at once, with stream true and false, among all the
-other cases, so the two copies meet different batch mates. Seeded sampling does not depend on the batch, so per
-choice the two must agree on the text, the finish and stop reasons, the token ids and every logprobs list; and
-the streamed usage chunk must equal the full response's usage (bar the cached-token count, which depends on
-which copy reached the prefix cache first).
+Each case draws a request (completions or chat; n, a seed or greedy, stop strings (kept in the text or not),
+stop_token_ids, logprobs, echo, min_tokens, penalties, max_tokens) and sends it twice at once, with stream true
+and false, among all the other cases, so the two copies meet different batch mates. Seeded sampling does not
+depend on the batch, so per choice the two must agree on the text, the finish and stop reasons, the token ids and
+every logprobs list; and the streamed usage chunk must equal the full response's usage (bar the cached-token
+count, which depends on which copy reached the prefix cache first).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def draw_case(rng: random.Random) -> tuple[str, dict[str, Any]]:
     prompt = "".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
     if rng.random() < 0.3:
         body["stop"] = rng.sample([" x", "\n", "(", ":", " 1", "e"], rng.randint(1, 3))
+        body["include_stop_str_in_output"] = rng.random() < 0.5
     if rng.random() < 0.2:
         body["stop_token_ids"] = [rng.randrange(50, 500)]
     if rng.random() < 0.2:

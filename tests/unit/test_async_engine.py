@@ -61,6 +61,45 @@ async def test_stop_string_ends_the_request_and_is_cut():
     await engine.stop()
 
 
+async def test_included_stop_string_ends_the_request_and_is_kept_in_stream_and_result():
+    engine = await make_engine()
+    handle = engine.add_request([65], params(10, stop=("DE",), include_stop_str_in_output=True), stream=True)
+    assert handle.stream is not None
+    texts, finish = [], None
+    while finish is None:
+        delta = await handle.stream.get()
+        texts.append(delta.text)
+        finish = delta.finish_reason
+    result = await handle.result()
+    assert (result.text, result.finish_reason, result.stop_reason) == ("BCDE", "stop", "DE")
+    assert "".join(texts) == result.text
+    assert result.token_ids == [66, 67, 68, 69]
+    await engine.stop()
+
+
+@pytest.mark.parametrize(("kw", "eos", "stop_reason"), [
+    ({"stop_token_ids": (68,)}, frozenset(), 68),  # a stop_token_ids entry
+    ({}, frozenset({68}), None),  # the model's end-of-sequence token
+])
+async def test_stop_token_text_is_left_out_unless_asked_for(kw, eos, stop_reason):
+    # As in vLLM: the stop token stays in token_ids (and logprobs) but not in the text, streamed or not.
+    for include, text in ((False, "BC"), (True, "BCD")):
+        engine = AsyncEngine(engine_config(), FakeRunner(), CharTokenizer(), eos)
+        await engine.start()
+        handle = engine.add_request([65], params(10, include_stop_str_in_output=include, **kw), stream=True)
+        assert handle.stream is not None
+        texts, finish = [], None
+        while finish is None:
+            delta = await handle.stream.get()
+            texts.append(delta.text)
+            finish = delta.finish_reason
+        result = await handle.result()
+        assert (result.text, result.finish_reason, result.stop_reason) == (text, "stop", stop_reason)
+        assert "".join(texts) == text
+        assert result.token_ids == [66, 67, 68]
+        await engine.stop()
+
+
 async def test_step_exception_fails_that_step_and_the_engine_keeps_serving():
     runner = FakeRunner(fail_steps={0})
     engine = await make_engine(runner)

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from service.engine.stop_strings import StopStringMatcher
 
 
-def feed_all(stops, pieces):
-    m = StopStringMatcher(stops)
+def feed_all(stops, pieces, include=False):
+    m = StopStringMatcher(stops, include)
     out = []
     for p in pieces:
         emit, hit = m.feed(p)
@@ -49,5 +49,51 @@ def test_streamed_result_equals_cutting_the_whole_text(text, cuts):
     if positions:
         first = min(positions)
         assert (streamed, hit) == (text[: first[0]], first[1])
+    else:
+        assert (streamed, hit) == (text, None)
+
+
+# include_stop_str_in_output (vLLM): the text runs up to and including the first stop string to complete.
+
+
+def test_included_stop_split_across_pieces_is_kept_and_what_follows_is_dropped():
+    assert feed_all(("STOP",), ["ab", "cS", "TO", "Pzz"], include=True) == ("abcSTOP", "STOP")
+
+
+def test_including_holds_nothing_back():
+    m = StopStringMatcher(("STOP",), include_in_output=True)
+    assert m.feed("abc ST") == ("abc ST", None)  # a partial stop string is output whether or not it completes
+    assert m.feed("xy") == ("xy", None)
+    assert m.feed("STO") == ("STO", None)
+    assert m.feed("Pq") == ("P", "STOP")
+    assert m.flush() == ""
+
+
+def test_including_a_partial_stop_at_the_end_is_emitted_once():
+    assert feed_all(("STOP",), ["ab", "ST"], include=True) == ("abST", None)
+
+
+def test_including_the_first_stop_to_complete_wins():
+    # "abc" starts first but "b" completes first, as a token-by-token stream would see it; of two that end
+    # together, the longer is named.
+    assert feed_all(("abc", "b"), ["zabc"], include=True) == ("zab", "b")
+    assert feed_all(("abc", "b"), ["za", "b", "c"], include=True) == ("zab", "b")
+    assert feed_all(("b", "ab"), ["zab"], include=True) == ("zab", "ab")
+
+
+@given(st.text(alphabet="abS", max_size=40), st.lists(st.integers(0, 5), max_size=20))
+def test_included_stop_result_is_the_same_however_the_text_is_split(text, cuts):
+    stops = ("Sab", "bb", "aSa")
+    pieces, i = [], 0
+    for c in cuts:
+        pieces.append(text[i:i + c])
+        i += c
+    pieces.append(text[i:])
+    streamed, hit = feed_all(stops, pieces, include=True)
+    ends = [(text.find(s) + len(s), -len(s), s) for s in stops if s in text]
+    if ends:
+        end, _, stop = min(ends)
+        assert (streamed, hit) == (text[:end], stop)
+        assert streamed.endswith(stop)
     else:
         assert (streamed, hit) == (text, None)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from service.api.schemas.sampling import STRICT, SamplingFields
+from service.api.schemas.sampling import STRICT, NullMeansDefault, SamplingFields
 from service.engine.sampling_params import MAX_TOP_LOGPROBS
-from service.errors import InvalidParameterError
+from service.errors import BadRequestError, InvalidParameterError
 
 MAX_MESSAGES = 1024
 
@@ -33,17 +33,41 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class ContinueFinalMessage(NullMeansDefault):
+    """vLLM's continue_final_message: the template leaves the last message open, for the model to continue.
+
+    It excludes a generation prompt. add_generation_prompt defaults to true, so a request that continues and
+    leaves add_generation_prompt unset (or null) gets false; one that sets both to true is refused, as in vLLM.
+    Any role may be continued, as in vLLM (transformers cuts the text right after the final message's content).
+    """
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = Field(
+        False, description="Leave the final message open for the model to continue, instead of adding a "
+        "generation prompt (add_generation_prompt then defaults to false)."
+    )
+
+    @model_validator(mode="after")
+    def _check_continue_final_message(self) -> Self:
+        if self.continue_final_message:
+            if "add_generation_prompt" not in self.model_fields_set:
+                self.add_generation_prompt = False
+            elif self.add_generation_prompt:
+                raise BadRequestError("Cannot set both `continue_final_message` and `add_generation_prompt` to "
+                                      "True.", param="continue_final_message")
+        return self
+
+
 class ResponseFormat(BaseModel):
     model_config = STRICT
     type: Literal["text"] = Field("text", description="Only plain text output is supported.")
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, ContinueFinalMessage):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = Field(None, description="Tool calling is not supported: absent or empty.")

@@ -102,6 +102,9 @@ class SamplingFields(NullMeansDefault):
     n: int = Field(1, ge=1, le=MAX_N, description="Choices to generate for each prompt.")
     seed: int | None = Field(None, ge=INT64_MIN, le=UINT64_MAX)
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP_STRINGS} stop strings.")
+    include_stop_str_in_output: bool = Field(
+        False, description="Keep the matched stop string at the end of the text (vLLM's parameter)."
+    )
     stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -193,6 +196,7 @@ class SamplingFields(NullMeansDefault):
             min_tokens=min(self.min_tokens, max_tokens),
             ignore_eos=self.ignore_eos,
             stop=self.stop_list(),
+            include_stop_str_in_output=self.include_stop_str_in_output,
             stop_token_ids=tuple(self.stop_token_ids or ()),
             logprobs=logprobs,
             logit_bias=tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items()),

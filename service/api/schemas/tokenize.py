@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, RootModel
 
-from service.api.schemas.chat import ChatMessage
+from service.api.schemas.chat import ChatMessage, ContinueFinalMessage
 from service.api.schemas.sampling import STRICT, NullMeansDefault, TokenId
 
 MAX_DETOKENIZE_TOKENS = 1_000_000
@@ -20,13 +20,12 @@ class TokenizeTextRequest(NullMeansDefault):
     return_token_strs: bool = False
 
 
-class TokenizeChatRequest(NullMeansDefault):
+class TokenizeChatRequest(ContinueFinalMessage):
     """Messages are rendered with the chat template, then tokenized."""
 
     model_config = STRICT
     model: str | None = None
     messages: list[ChatMessage] = Field(..., min_length=1)
-    add_generation_prompt: bool = True
     return_token_strs: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
 

@@ -1,0 +1,79 @@
+"""continue_final_message (vLLM's parameter) on /v1/chat/completions and the chat form of /tokenize: the chat
+template leaves the final assistant message open, so the model continues it instead of starting a new turn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# The tiny model's template is ChatML (service/model_builder.py).
+PARTIAL = "def add(a, b):\n    return"
+MESSAGES = [{"role": "user", "content": "write add"}, {"role": "assistant", "content": PARTIAL}]
+OPEN = f"<|im_start|>user\nwrite add<|im_end|>\n<|im_start|>assistant\n{PARTIAL}"
+
+
+@pytest.fixture
+async def client(make_client):
+    return await make_client()
+
+
+async def tokens_of(client, **body) -> list[int]:
+    resp = await client.post("/tokenize", json=body)
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["tokens"]
+
+
+async def text_of(client, tokens: list[int]) -> str:
+    resp = await client.post("/detokenize", json={"tokens": tokens})
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["prompt"]
+
+
+async def test_tokenize_leaves_the_final_assistant_message_open(client):
+    continued = await tokens_of(client, messages=MESSAGES, add_generation_prompt=False, continue_final_message=True)
+    assert await text_of(client, continued) == OPEN
+    assert continued == await tokens_of(client, prompt=OPEN, add_special_tokens=False)
+    # Without it the assistant's turn is closed, as before.
+    closed = await tokens_of(client, messages=MESSAGES, add_generation_prompt=False)
+    assert await text_of(client, closed) == OPEN + "<|im_end|>\n"
+
+
+async def test_chat_continues_the_final_message(client):
+    body = {"messages": MESSAGES, "add_generation_prompt": False, "continue_final_message": True, "max_tokens": 8,
+            "temperature": 0, "return_token_ids": True}
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200, await resp.text()
+    chat = await resp.json()
+    prompt = await tokens_of(client, prompt=OPEN, add_special_tokens=False)
+    assert chat["prompt_token_ids"] == prompt
+    assert chat["usage"]["prompt_tokens"] == len(prompt)
+    # The continuation is what the model generates right after the open message's text.
+    resp = await client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 8, "temperature": 0})
+    assert chat["choices"][0]["message"]["content"] == (await resp.json())["choices"][0]["text"]
+    # Streamed, the same.
+    resp = await client.post("/v1/chat/completions", json={**body, "stream": True, "return_token_ids": False})
+    assert resp.status == 200, await resp.text()
+    raw = (await resp.read()).decode()
+    assert raw.rstrip().endswith("data: [DONE]")
+    streamed = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                       for line in raw.splitlines() if line.startswith("data: {"))
+    assert streamed == chat["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("unset", [{}, {"add_generation_prompt": None}])
+async def test_continuing_turns_off_the_generation_prompt_the_client_left_unset(client, unset):
+    # add_generation_prompt defaults to true; continuing implies false unless the client set it.
+    continued = await tokens_of(client, messages=MESSAGES, continue_final_message=True, **unset)
+    assert await text_of(client, continued) == OPEN
+    resp = await client.post("/v1/chat/completions", json={"messages": MESSAGES, "continue_final_message": True,
+                                                           "max_tokens": 2, "return_token_ids": True, **unset})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["prompt_token_ids"] == continued
+
+
+async def test_any_final_role_can_be_continued(client):
+    # As in vLLM: transformers cuts the text after the final message, whoever wrote it.
+    messages = [{"role": "user", "content": "write add"}]
+    continued = await tokens_of(client, messages=messages, continue_final_message=True)
+    assert await text_of(client, continued) == "<|im_start|>user\nwrite add"
