@@ -12,7 +12,7 @@ from service.api.errors import json_response, read_json_object
 from service.api.generation import cached_tokens, gather_results, submitted, usage
 from service.api.logprobs import chat_logprobs
 from service.api.schemas.chat import ChatCompletionRequest
-from service.api.sse import SSEWriter, StreamChunks, error_frame, iterate_deltas, stream_text
+from service.api.sse import SSEWriter, StreamChunks, iterate_deltas, stream_text
 from service.engine.async_engine import RequestHandle
 from service.engine.output_stream import RequestResult
 from service.errors import ContextLengthExceededError
@@ -23,7 +23,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     req = ChatCompletionRequest.model_validate(await read_json_object(request))
     ctx.check_model(req.model)
     prompt = await ctx.tokenizer.encode_chat(req.template_messages(), req.add_generation_prompt,
-                                              req.chat_template_kwargs)
+                                              req.chat_template_kwargs, req.continue_final_message)
     room = ctx.engine.max_model_len - len(prompt)
     if room < 1:
         raise ContextLengthExceededError(
@@ -89,12 +89,12 @@ async def _stream(request: web.Request, ctx: ServerContext, req: ChatCompletionR
         d, completion_tokens = await stream_text(request, sse, handles[0], chunk(0, {"content": ""}),
                                                  ("choices", 0, "delta", "content"))
         if d.error is not None:
-            return await sse.done(error_frame(d.error))
+            return await sse.fail(d.error)
         last.append(chunk(0, {"content": d.text} if d.text else {}, None, d.finish_reason, d.stop_reason))
     else:
         async for index, d in iterate_deltas(handles):
             if d.error is not None:
-                return await sse.done(error_frame(d.error))
+                return await sse.fail(d.error)
             completion_tokens += len(d.token_ids)
             logprobs = chat_logprobs(d.logprobs, ctx.tokenizer.token_text) if req.logprobs and d.logprobs else None
             if d.text or logprobs or d.finished or (req.return_token_ids and d.token_ids):

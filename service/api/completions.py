@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -12,9 +14,10 @@ from service.api.errors import json_response, read_json_object
 from service.api.generation import cached_tokens, gather_results, submitted, usage
 from service.api.logprobs import completion_logprobs
 from service.api.schemas.completions import CompletionRequest
-from service.api.sse import SSEWriter, StreamChunks, error_frame, iterate_deltas, stream_text
+from service.api.sse import SSEWriter, StreamChunks, iterate_deltas, stream_text
 from service.engine.async_engine import RequestHandle
-from service.engine.output_stream import RequestResult
+from service.engine.output_stream import RequestDelta, RequestResult
+from service.engine.outputs import TokenLogprobs
 from service.errors import BadRequestError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
@@ -92,11 +95,11 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
                          req.return_token_ids).choice
 
     completion_tokens = 0
-    # Per choice, the text offset of the next token in logprobs: the sum of the listed tokens' texts so far,
-    # echoed prompt tokens first, as in the full response.
-    offsets = [0] * len(handles)
-    prompt_listed = [not req.echo] * len(handles)  # whether a choice's echoed prompt tokens are in logprobs yet
-    if req.echo:
+    # With logprobs, each frame lists exactly the tokens of its text, and text_offset runs on across frames as in
+    # the full response. An echoed prompt then waits for its logprobs: it goes out as the choice's first frame.
+    logprobs_of = [_StreamedLogprobs(ctx.tokenizer.token_text, prompts[i // req.n][0], [] if req.echo else None)
+                   for i in range(len(handles))] if req.logprobs is not None else []
+    if req.echo and req.logprobs is None:
         for i in range(len(handles)):
             await sse.send(chunk(i, _echo_text(ctx, req, prompts[i // req.n], i // req.n)))
     unfinished = len(handles)
@@ -105,36 +108,65 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
         # The common case: each token's frame is written by the engine's output step itself.
         delta, completion_tokens = await stream_text(request, sse, handles[0], chunk(0, ""), ("choices", 0, "text"))
         if delta.error is not None:
-            return await sse.done(error_frame(delta.error))
+            return await sse.fail(delta.error)
         last.append(chunk(0, delta.text, None, delta.finish_reason, delta.stop_reason))
     else:
         async for index, delta in iterate_deltas(handles):
             if delta.error is not None:
-                return await sse.done(error_frame(delta.error))
+                return await sse.fail(delta.error)
             if delta.finished:
                 unfinished -= 1
             completion_tokens += len(delta.token_ids)
+            payloads: list[dict[str, Any]] = []
             logprobs = None
             if req.logprobs is not None:
-                entries = delta.logprobs
-                if not prompt_listed[index]:
-                    # Starts with the first token's None; a one-token prompt has no other, and no prompt logprobs.
-                    entries = (delta.prompt_logprobs or [None]) + entries
-                    prompt_listed[index] = True
-                elif delta.prompt_logprobs is not None:  # the rest of a prompt prefilled in chunks
-                    entries = delta.prompt_logprobs + entries
-                logprobs = completion_logprobs(entries, ctx.tokenizer.token_text, offsets[index],
-                                               first_prompt_token=prompts[index // req.n][0])
-                offsets[index] += sum(map(len, logprobs["tokens"]))
-            if delta.text or delta.finished or logprobs or (req.return_token_ids and delta.token_ids):
-                payload = chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
-                                delta.token_ids)
-                if unfinished:
+                listed = logprobs_of[index]
+                echoed = listed.echoed_prompt(delta)
+                if echoed is not None:
+                    payloads.append(chunk(index, _echo_text(ctx, req, prompts[index // req.n], index // req.n),
+                                          echoed))
+                logprobs = listed.take(delta.logprobs)
+            if delta.text or delta.finished or (delta.token_ids and (logprobs is not None or req.return_token_ids)):
+                payloads.append(chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
+                                      delta.token_ids))
+            if unfinished:
+                for payload in payloads:
                     await sse.send(payload)
-                else:
-                    last.append(payload)
+            else:
+                last.extend(payloads)
     request[USAGE] = usage(sum(len(p) for p in prompts), completion_tokens, cached_tokens(handles, req.n))
     if req.include_usage:
         last.append(StreamChunks(response_id, "text_completion", created, ctx.model_name, "text", True,
                                  False).usage(request[USAGE]))
     return await sse.done(*last)
+
+
+@dataclass(slots=True)
+class _StreamedLogprobs:
+    """One streamed choice's logprobs, in frames that each list exactly the tokens of the frame's text.
+
+    With echo, the prompt's logprobs are gathered (a long prompt prefilled in chunks sends them over several
+    deltas) until the choice's first token or its end, when all are there: they go out with the echoed prompt,
+    the first prompt token's logprob null, as in OpenAI's and vLLM's streams.
+    """
+
+    token_text: Callable[[int], str]
+    first_prompt_token: int
+    prompt: list[TokenLogprobs | None] | None  # the echoed prompt's logprobs so far; None: not echoed, or sent
+    offset: int = 0  # the text offset of the next listed token: the length of the tokens' texts so far
+
+    def echoed_prompt(self, delta: RequestDelta) -> dict[str, Any] | None:
+        """The echoed prompt's logprobs, once, on the delta that completes them; None before and after."""
+        if self.prompt is None:
+            return None
+        self.prompt += delta.prompt_logprobs or []
+        if not (delta.token_ids or delta.finished):
+            return None
+        # Starts with the first token's None; a one-token prompt has no other, and no prompt logprobs.
+        entries, self.prompt = self.prompt or [None], None
+        return self.take(entries)
+
+    def take(self, entries: list[TokenLogprobs | None]) -> dict[str, Any]:
+        listed = completion_logprobs(entries, self.token_text, self.offset, first_prompt_token=self.first_prompt_token)
+        self.offset += sum(map(len, listed["tokens"]))
+        return listed

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from service.api.context import ERROR_TYPE
 from service.engine.async_engine import RequestHandle
 from service.engine.output_stream import RequestDelta
 from service.errors import ServiceError
@@ -46,6 +47,16 @@ class SSEWriter:
         await self.response.write_eof(b"".join(map(frame, last)) + DONE)
         return self.response
 
+    async def fail(self, exc: BaseException) -> web.StreamResponse:
+        """End the stream on a mid-stream failure: an OpenAI error object as the last frame, then `[DONE]`.
+
+        The status (200) went out with the headers, so the access log learns of the failure from the request's
+        ERROR_TYPE, set here to the error's type, as the error middleware sets it for a failed non-stream request.
+        """
+        err = exc if isinstance(exc, ServiceError) else ServiceError(str(exc))
+        self._request[ERROR_TYPE] = err.type
+        return await self.done(err.to_dict())
+
 
 @dataclass(frozen=True, slots=True)
 class StreamChunks:
@@ -77,12 +88,6 @@ class StreamChunks:
     def usage(self, counts: dict[str, object]) -> dict[str, Any]:
         return {"id": self.response_id, "object": self.object_type, "created": self.created, "model": self.model,
                 "choices": [], "usage": counts}
-
-
-def error_frame(exc: BaseException) -> dict[str, Any]:
-    """A mid-stream failure as an OpenAI error object (the stream then ends with [DONE])."""
-    err = exc if isinstance(exc, ServiceError) else ServiceError(str(exc))
-    return err.to_dict()
 
 
 def frame(payload: dict[str, Any]) -> bytes:

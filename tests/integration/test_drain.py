@@ -4,6 +4,7 @@ within --drain-timeout, the rest are aborted with an error event, and the proces
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -62,7 +63,8 @@ async def test_sigterm_drains_then_exits_zero(tiny_model_dir, drain_timeout):
             results = await asyncio.gather(*short, *long)
         t0 = time.monotonic()
         code = await asyncio.wait_for(proc.wait(), timeout=drain_timeout + 20)
-        assert code == 0, (await proc.stderr.read()).decode()[-3000:]  # type: ignore[union-attr]
+        log = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert code == 0, log[-3000:]
         assert time.monotonic() - t0 < drain_timeout + 20
     finally:
         if proc.returncode is None:
@@ -78,3 +80,9 @@ async def test_sigterm_drains_then_exits_zero(tiny_model_dir, drain_timeout):
     else:
         assert aborted, "a 1 s drain cannot finish 480-token requests"
         assert all(b"shutting down" in f[-2] for f in aborted)
+    # The streams' access-log lines: status 200, as sent with the headers; an aborted one names its error's type.
+    streams = [e for e in (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+               if e.get("event") == "request" and e["path"] == "/v1/completions" and e["status"] == 200]
+    assert len(streams) == len(results)
+    assert sorted(e["error_type"] or "" for e in streams) == \
+        [""] * len(finished) + ["service_unavailable"] * len(aborted)

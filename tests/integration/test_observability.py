@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
+import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.context import CONTEXT
+from service.errors import ShuttingDownError
 
 
 def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -79,3 +82,42 @@ async def test_one_access_log_line_per_request(make_client):
     assert gen["completion_tokens"] == 3
     assert gen["prompt_tokens"] >= 1
     assert gen["duration_ms"] > 0
+
+
+STREAMS = {
+    "completion": ("/v1/completions", {"prompt": "x"}),  # its tokens written by the engine's output step
+    "completion with logprobs": ("/v1/completions", {"prompt": "x", "logprobs": 1, "echo": True}),
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+    "chat, n=2": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 2}),
+}
+
+
+@pytest.mark.parametrize("kind", STREAMS)
+async def test_access_log_records_a_stream_cut_off_midway(make_client, kind):
+    """A stream ended by an error frame (here, the engine ending every request, as a drain past its timeout
+    does) keeps the 200 it sent with its headers, but its access-log line carries the error's type."""
+    client = await make_client()
+    path, body = STREAMS[kind]
+    frames: list[bytes] = []
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.post(path, json={**body, "max_tokens": 400, "ignore_eos": True, "stream": True})
+        async for line in resp.content:
+            if line.strip():
+                frames.append(line)
+                if len(frames) == 3:
+                    client.app[CONTEXT].engine.fail_all(ShuttingDownError("The server is shutting down."))
+    assert frames[-1] == b"data: [DONE]\n"
+    assert json.loads(frames[-2][6:])["error"]["type"] == "service_unavailable"
+    line = next(e for e in logs if e["event"] == "request")
+    assert (line["status"], line["error_type"]) == (200, "service_unavailable")
+
+
+@pytest.mark.parametrize("kind", STREAMS)
+async def test_access_log_of_a_complete_stream_has_no_error_type(make_client, kind):
+    client = await make_client()
+    path, body = STREAMS[kind]
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.post(path, json={**body, "max_tokens": 4, "stream": True})
+        assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+    line = next(e for e in logs if e["event"] == "request")
+    assert (line["status"], line["error_type"]) == (200, None)

@@ -57,11 +57,52 @@ async def test_streamed_echo_logprobs_equal_the_full_response(client):
     assert merged == full["logprobs"]
 
 
+@pytest.mark.parametrize("prompt", ["def add(a, b): return a + b  # a prompt prefilled in several chunks", "x"])
+async def test_streamed_echo_frames_pair_text_with_logprobs(make_client, prompt):
+    """Each frame's logprobs list exactly the tokens of its text: the echoed prompt's frame the prompt tokens
+    (the first with a null logprob), each later frame its own tokens; text_offset runs on as in the full
+    response. A small token budget prefills the long prompt in chunks (its logprobs come in several deltas)."""
+    client = await make_client(max_num_batched_tokens=8)
+    body = {"prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 2, "echo": True, "n": 2}
+    full = (await post(client, **body))["choices"]
+    tok = await client.post("/tokenize", json={"prompt": prompt})
+    num_prompt = len((await tok.json())["tokens"])
+    resp = await client.post("/v1/completions", json={**body, "stream": True})
+    assert resp.status == 200
+    frames: dict[int, list[dict]] = {0: [], 1: []}
+    async for line in resp.content:
+        if line.startswith(b"data: {"):
+            choice = json.loads(line[6:])["choices"][0]
+            frames[choice["index"]].append(choice)
+    for index, choices in frames.items():
+        echoed = choices[0]
+        assert echoed["text"] == prompt
+        assert len(echoed["logprobs"]["tokens"]) == num_prompt
+        assert echoed["logprobs"]["token_logprobs"][0] is None and echoed["logprobs"]["top_logprobs"][0] is None
+        text, merged = "", {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for choice in choices:
+            lp = choice["logprobs"]
+            assert "".join(lp["tokens"]) == choice["text"]
+            assert lp["text_offset"] == [len(text) + len("".join(lp["tokens"][:i])) for i in range(len(lp["tokens"]))]
+            text += choice["text"]
+            for key, values in lp.items():
+                merged[key] += values
+        assert text == full[index]["text"]
+        assert merged == full[index]["logprobs"]
+        assert len(merged["tokens"]) == num_prompt + 6
+
+
 async def test_echo_with_token_ids_decodes_the_prompt(client):
     tok = await client.post("/tokenize", json={"prompt": "import sys", "add_special_tokens": False})
     ids = (await tok.json())["tokens"]
     body = await post(client, prompt=ids, max_tokens=2, temperature=0, echo=True)
     assert body["choices"][0]["text"].startswith("import sys")
+
+
+async def detokenized(client, ids: list[int]) -> str:
+    resp = await client.post("/detokenize", json={"tokens": ids})
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["prompt"]
 
 
 async def test_min_tokens_and_stop_token_ids(client):
@@ -74,6 +115,13 @@ async def test_min_tokens_and_stop_token_ids(client):
     assert got["finish_reason"] == "stop"
     assert got["stop_reason"] == stop_id
     assert got["token_ids"] == ids[: ids.index(stop_id) + 1]
+    # As in vLLM, the stop token's text is left out unless include_stop_str_in_output.
+    assert got["text"] == await detokenized(client, ids[: ids.index(stop_id)])
+    kept = await post(client, prompt="x = 1", max_tokens=12, temperature=0, stop_token_ids=[stop_id],
+                      include_stop_str_in_output=True, return_token_ids=True)
+    assert kept["choices"][0]["token_ids"] == got["token_ids"]
+    assert kept["choices"][0]["text"] == await detokenized(client, got["token_ids"])
+    assert kept["choices"][0]["text"] != got["text"]
     held = await post(client, prompt="x = 1", max_tokens=12, temperature=0, stop_token_ids=[stop_id],
                       min_tokens=8, return_token_ids=True)
     assert stop_id not in held["choices"][0]["token_ids"][:7]  # masked until min_tokens
