@@ -8,16 +8,12 @@ import json
 
 import pytest
 
+from tests.integration.http_calls import post_completion as post
+
 
 @pytest.fixture
 async def client(make_client):
     return await make_client()
-
-
-async def post(client, **body) -> dict:
-    resp = await client.post("/v1/completions", json=body)
-    assert resp.status == 200, await resp.text()
-    return await resp.json()
 
 
 async def streamed_choice(client, path: str, body: dict) -> dict:

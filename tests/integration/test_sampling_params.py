@@ -9,17 +9,12 @@ import random
 import pytest
 
 from service.api.sampling_defaults import load_sampling_defaults
+from tests.integration.http_calls import post_completion as post
 
 
 @pytest.fixture
 async def client(make_client):
     return await make_client()
-
-
-async def post(client, **body) -> dict:
-    resp = await client.post("/v1/completions", json=body)
-    assert resp.status == 200, await resp.text()
-    return await resp.json()
 
 
 async def test_echo_prepends_the_prompt_and_its_logprobs(client):

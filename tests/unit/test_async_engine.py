@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from service.engine.async_engine import AsyncEngine
+from service.engine.async_engine import AsyncEngine, RequestHandle
 from service.engine.sampling_params import SamplingParams
 from service.errors import EngineDeadError, EngineStepError, RequestTimeoutError
 from tests.factories import CharTokenizer, FakeRunner, engine_config
@@ -21,6 +21,17 @@ async def make_engine(runner: FakeRunner | None = None, **cfg) -> AsyncEngine:
 
 def params(n: int = 3, **kw) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0.0, **kw)
+
+
+async def streamed(handle: RequestHandle) -> tuple[list[str], str]:
+    """A streamed request's delta texts, up to and including the final delta, and its finish reason."""
+    assert handle.stream is not None
+    texts: list[str] = []
+    while True:
+        delta = await handle.stream.get()
+        texts.append(delta.text)
+        if delta.finish_reason is not None:
+            return texts, delta.finish_reason
 
 
 async def test_requests_share_steps_and_every_future_resolves():
@@ -41,12 +52,7 @@ async def test_requests_share_steps_and_every_future_resolves():
 async def test_stream_yields_deltas_then_a_final_one():
     engine = await make_engine()
     handle = engine.add_request([65], params(3), stream=True)
-    assert handle.stream is not None
-    texts, finish = [], None
-    while finish is None:
-        delta = await handle.stream.get()
-        texts.append(delta.text)
-        finish = delta.finish_reason
+    texts, finish = await streamed(handle)
     assert "".join(texts) == "BCD" and finish == "length"
     assert (await handle.result()).text == "BCD"
     await engine.stop()
@@ -64,14 +70,10 @@ async def test_stop_string_ends_the_request_and_is_cut():
 async def test_included_stop_string_ends_the_request_and_is_kept_in_stream_and_result():
     engine = await make_engine()
     handle = engine.add_request([65], params(10, stop=("DE",), include_stop_str_in_output=True), stream=True)
-    assert handle.stream is not None
-    texts, finish = [], None
-    while finish is None:
-        delta = await handle.stream.get()
-        texts.append(delta.text)
-        finish = delta.finish_reason
+    texts, finish = await streamed(handle)
     result = await handle.result()
     assert (result.text, result.finish_reason, result.stop_reason) == ("BCDE", "stop", "DE")
+    assert finish == "stop"
     assert "".join(texts) == result.text
     assert result.token_ids == [66, 67, 68, 69]
     await engine.stop()
@@ -87,14 +89,10 @@ async def test_stop_token_text_is_left_out_unless_asked_for(kw, eos, stop_reason
         engine = AsyncEngine(engine_config(), FakeRunner(), CharTokenizer(), eos)
         await engine.start()
         handle = engine.add_request([65], params(10, include_stop_str_in_output=include, **kw), stream=True)
-        assert handle.stream is not None
-        texts, finish = [], None
-        while finish is None:
-            delta = await handle.stream.get()
-            texts.append(delta.text)
-            finish = delta.finish_reason
+        texts, finish = await streamed(handle)
         result = await handle.result()
         assert (result.text, result.finish_reason, result.stop_reason) == (text, "stop", stop_reason)
+        assert finish == "stop"
         assert "".join(texts) == text
         assert result.token_ids == [66, 67, 68]
         await engine.stop()
