@@ -21,7 +21,7 @@ from service.engine.cuda_graphs import DecodeGraphs
 from service.engine.decode_mirror import DecodeKVMirror
 from service.engine.kv_cache import KVCache, KVCacheSpec
 from service.engine.outputs import ModelRunnerOutput, ScheduledChunk, SchedulerOutput, TokenLogprobs
-from service.engine.packed_linear import pack_linear_layers, packing_supported
+from service.engine.packed_linear import pack_linear_layers, packing_supported, shared_input_groups
 from service.engine.platform import configure_cuda_attention, resolve_device, resolve_dtype
 from service.engine.sampler import Sampler, SamplingState
 
@@ -81,7 +81,8 @@ class ModelRunner:
         use_packing = model_config.packed_linear
         if use_packing is None:
             use_packing = packing_supported(self.device, self.dtype)
-        self.num_packed_linear = pack_linear_layers(self.model) if use_packing else 0
+        self.num_packed_linear = (pack_linear_layers(self.model, shared_input_groups(self.model)) if use_packing
+                                  else 0)
         cfg = text_config(self.model.config)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         spec = KVCacheSpec(
