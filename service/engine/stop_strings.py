@@ -58,7 +58,7 @@ class StopStringMatcher:
             self._held = ""
             return buf[seen:hit_end], hit
         keep = self._context_chars
-        self._held = buf[len(buf) - keep :] if keep else ""
+        self._held = buf[-keep:] if keep else ""  # all of buf while it is shorter than `keep`
         return text, None
 
     def flush(self) -> str:

@@ -81,9 +81,15 @@ def test_including_the_first_stop_to_complete_wins():
     assert feed_all(("b", "ab"), ["zab"], include=True) == ("zab", "ab")
 
 
+def test_including_finds_a_stop_string_fed_one_character_at_a_time():
+    # The emitted tail kept as context grows over several pieces until it is a stop string's length less one.
+    assert feed_all(("aaaa",), ["a"] * 12, include=True) == ("aaaa", "aaaa")
+    assert feed_all(("ERCIALERCIAL",), ["ERCIAL"] * 3, include=True) == ("ERCIALERCIAL", "ERCIALERCIAL")
+
+
 @given(st.text(alphabet="abS", max_size=40), st.lists(st.integers(0, 5), max_size=20))
 def test_included_stop_result_is_the_same_however_the_text_is_split(text, cuts):
-    stops = ("Sab", "bb", "aSa")
+    stops = ("Sab", "bb", "aSa", "aaaaa")
     pieces, i = [], 0
     for c in cuts:
         pieces.append(text[i:i + c])
