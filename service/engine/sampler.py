@@ -91,7 +91,7 @@ class Sampler:
     def _sample_random(self, logits: torch.Tensor, states: list[SamplingState], greedy: list[bool]) -> torch.Tensor:
         device = logits.device
         params = [s.params for s in states]
-        temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=device)
+        temps = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=device)
         scaled = logits / temps[:, None]
         top_k = [p.top_k for p in params]
         top_p = [p.top_p for p in params]

@@ -12,11 +12,16 @@ MAX_TOP_LOGPROBS = 20
 MAX_N = 16
 
 
+# Temperatures below this sample greedily, as in vLLM: dividing logits by a smaller one overflows float32 (a
+# temperature of 1e-39 turned every logit into inf or nan, and the sampler then always picked token 0).
+GREEDY_TEMPERATURE = 1e-5
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """What a request asks of the sampler and of the stop checker.
 
-    temperature 0 means greedy. top_k 0 (or -1 at the HTTP boundary) means no top-k cut.
+    temperature 0 (or below GREEDY_TEMPERATURE) means greedy. top_k 0 (or -1 at the HTTP boundary) means no top-k cut.
     """
 
     max_tokens: int = 16
@@ -78,7 +83,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def needs_penalties(self) -> bool:

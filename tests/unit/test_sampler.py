@@ -27,6 +27,18 @@ def test_greedy_is_argmax():
     assert tokens == logits.argmax(-1).tolist()
 
 
+def test_temperatures_too_small_to_divide_by_are_greedy():
+    """Below 1e-5 (vLLM's threshold) a temperature samples greedily, alone or beside sampled rows: dividing the
+    logits by 1e-39 would overflow float32."""
+    sampler = Sampler(50, torch.device("cpu"), seed=0)
+    logits = logits_for(4)
+    tiny = [state(temperature=t) for t in (1e-39, 5e-324, 9e-6)]
+    tokens, _ = sampler.sample(logits[:3].clone(), tiny)
+    assert tokens == logits[:3].argmax(-1).tolist()
+    tokens, _ = sampler.sample(logits.clone(), [*tiny, state(temperature=1.0)])
+    assert tokens[:3] == logits[:3].argmax(-1).tolist()
+
+
 def test_seeded_row_is_batch_invariant():
     """One request's seeded draws do not depend on what its batch mates are or ask for."""
     logits = logits_for(1)[0]
