@@ -50,23 +50,24 @@ def submitted(
     """Queue n requests per prompt (`async with submitted(...) as handles`); see Submission.
 
     `max_tokens[i]` is the budget of prompt i. Choice j of a seeded request uses seed + j, so the n choices
-    differ but each is reproducible. Every prompt is checked before any is queued; if one still cannot be
-    queued (429), those already queued are aborted.
+    differ but each is reproducible. Every prompt is checked, and the queue's room for all of them, before any
+    is queued; if one still cannot be queued, those already queued are aborted.
     """
     jobs = [(ids, fields.to_sampling_params(max_tokens[i], logprobs, seed_offset=j, defaults=ctx.sampling_defaults))
             for i, ids in enumerate(prompts) for j in range(fields.n)]
-    if len(prompts) > 1:
-        # A prompt that can never run fails the whole request before any other is queued. (Choices of one
-        # prompt differ only in their seed, so its first choice answers for the rest.)
-        for ids, params in jobs[::fields.n]:
-            ctx.engine.check_request(ids, params)
+    # A prompt that can never run fails the whole request (400) before any is queued. (Choices of one prompt
+    # differ only in their seed, so its first choice answers for the rest.) Then admission (429) is decided once,
+    # for all of the request's prompts and choices against the queue before it.
+    for ids, params in jobs[::fields.n]:
+        ctx.engine.check_request(ids, params)
+    ctx.engine.check_admission(len(jobs), sum(len(ids) for ids, _ in jobs))
     handles: list[RequestHandle] = []
     try:
         for ids, params in jobs:
             handles.append(ctx.engine.add_request(
                 ids, params, stream=fields.stream, priority=fields.priority,
                 timeout_s=ctx.timeout_for(fields.request_timeout),
-                want_prompt_logprobs=want_prompt_logprobs,
+                want_prompt_logprobs=want_prompt_logprobs, checked=True,
             ))
     except BaseException:
         abort_unfinished(ctx, handles, client_gone=False)

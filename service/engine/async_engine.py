@@ -176,14 +176,17 @@ class AsyncEngine:
         timeout_s: float | None = None,
         want_prompt_logprobs: bool = False,
         request_id: str | None = None,
+        checked: bool = False,
     ) -> RequestHandle:
-        """Queue a request. Raises a ServiceError (never blocks) if it cannot be accepted."""
+        """Queue a request. Raises a ServiceError (never blocks) if it cannot be accepted. `checked`: the caller
+        already passed check_request for it and check_admission for a group of requests that includes it."""
         if self.dead_reason is not None:
             raise EngineDeadError(f"The engine is not running: {self.dead_reason}")
         if self.draining:
             raise ShuttingDownError("The server is shutting down and accepts no new requests.")
-        self.check_request(prompt_token_ids, params)
-        self._check_admission(len(prompt_token_ids))
+        if not checked:
+            self.check_request(prompt_token_ids, params)
+            self.check_admission(1, len(prompt_token_ids))
 
         rid = request_id or self.new_request_id()
         request = Request(rid, list(prompt_token_ids), params, eos_token_ids=self.eos_token_ids,
@@ -224,21 +227,27 @@ class AsyncEngine:
             _refuse_token_id(params.stop_token_ids, vocab, "stop_token_ids")
         self.scheduler.check_fits(len(prompt_token_ids), params.max_tokens)
 
-    def _check_admission(self, num_prompt_tokens: int) -> None:
+    def check_admission(self, num_requests: int, num_prompt_tokens: int) -> None:
+        """Raise OverloadedError (429) unless `num_requests` new requests holding `num_prompt_tokens` prompt
+        tokens in all (one HTTP request's prompts and choices) fit under the queue limits. Whatever its size, a
+        request is admitted when nothing is waiting, so no request is refused forever."""
         cfg = self.config.scheduler
+        waiting = self.scheduler.num_waiting
+        if waiting == 0:
+            return
+        this = f" and this request adds {num_requests}" if num_requests > 1 else ""
         # Rejections are counted where the 429 is answered (the HTTP error middleware).
-        if cfg.max_queued_requests is not None and self.scheduler.num_waiting >= cfg.max_queued_requests:
+        if cfg.max_queued_requests is not None and waiting + num_requests > cfg.max_queued_requests:
             raise OverloadedError(
-                f"The server is overloaded: {self.scheduler.num_waiting} requests are already waiting "
+                f"The server is overloaded: {waiting} requests are already waiting{this} "
                 f"(limit {cfg.max_queued_requests}). Retry later."
             )
         if cfg.max_queued_tokens is not None and (
             self.scheduler.num_waiting_tokens + num_prompt_tokens > cfg.max_queued_tokens
-            and self.scheduler.num_waiting > 0
         ):
             raise OverloadedError(
                 f"The server is overloaded: {self.scheduler.num_waiting_tokens} prompt tokens are already "
-                f"waiting (limit {cfg.max_queued_tokens}). Retry later."
+                f"waiting and this request adds {num_prompt_tokens} (limit {cfg.max_queued_tokens}). Retry later."
             )
 
     def record_rejection(self, reason: str) -> None:

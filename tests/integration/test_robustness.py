@@ -66,6 +66,41 @@ async def test_queued_token_budget_also_sheds_load(make_client, tiny_model_dir):
     assert_idle(client.app[CONTEXT].engine)
 
 
+@pytest.mark.parametrize("body", [{"prompt": "x", "n": 4}, {"prompt": ["a", "b", "c", "d"]},
+                                  {"prompt": ["a", "b"], "n": 2}])
+async def test_a_request_with_more_choices_than_the_queue_limit_runs_on_an_idle_queue(make_client, tiny_model_dir,
+                                                                                     body):
+    """Its own prompts and choices never count as "already waiting": an idle server admits it, whatever its size;
+    a busy one refuses it while the queue cannot take all of it."""
+    client = await fake_client(make_client, tiny_model_dir, FakeRunner(step_delay_s=0.02),
+                               max_num_seqs=1, max_queued_requests=3)
+    engine = client.app[CONTEXT].engine
+    resp = await client.post("/v1/completions", json={**body, "max_tokens": 2})
+    assert resp.status == 200, await resp.text()
+    assert len((await resp.json())["choices"]) == 4
+    # Busy: one running and one waiting; 4 more would make 5 waiting, over the limit of 3.
+    first = [asyncio.ensure_future(client.post("/v1/completions", json={"prompt": "x", "max_tokens": 20}))
+             for _ in range(2)]
+    await wait_until(lambda: engine.scheduler.num_waiting == 1)
+    refused = await client.post("/v1/completions", json={**body, "max_tokens": 2})
+    assert refused.status == 429
+    assert "this request adds 4" in (await refused.json())["error"]["message"]
+    assert engine.scheduler.num_waiting == 1  # none of its choices was left queued
+    assert [r.status for r in await asyncio.gather(*first)] == [200, 200]
+    assert_idle(engine)
+
+
+async def test_a_multi_prompt_request_over_the_token_budget_runs_on_an_idle_queue(make_client, tiny_model_dir):
+    client = await fake_client(make_client, tiny_model_dir, FakeRunner(step_delay_s=0.02),
+                               max_num_seqs=1, max_queued_tokens=40)
+    prompt = list(range(10, 40))  # 30 tokens; two of them pass 40
+    resp = await client.post("/v1/completions", json={"prompt": [prompt, prompt], "max_tokens": 2})
+    assert resp.status == 200, await resp.text()
+    resp = await client.post("/v1/completions", json={"prompt": prompt, "n": 2, "max_tokens": 2})
+    assert resp.status == 200, await resp.text()
+    assert_idle(client.app[CONTEXT].engine)
+
+
 async def test_deadline_gives_408_and_frees_the_request(make_client, tiny_model_dir):
     client = await fake_client(make_client, tiny_model_dir, FakeRunner(step_delay_s=0.02))
     resp = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 400, "request_timeout": 0.2})
