@@ -15,6 +15,13 @@ from service.engine.detokenizer import ByteLevelDetokenizer, Detokenizer, Offset
 from service.errors import BadRequestError
 
 
+# apply_chat_template arguments a request's chat_template_kwargs may not set: they would change the call's
+# result (token ids, a dict, tensors) or swap the server's template for the client's.
+RESERVED_TEMPLATE_KWARGS = frozenset({"tokenize", "return_dict", "return_tensors", "return_assistant_tokens_mask",
+                                      "padding", "truncation", "max_length", "tokenizer_kwargs", "chat_template",
+                                      "conversation"})
+
+
 class Tokenizer:
     def __init__(self, path: str, chat_template_path: str | None = None, offload_chars: int = 2048) -> None:
         self.hf: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
@@ -90,12 +97,17 @@ class Tokenizer:
                     continue_final_message: bool = False) -> str:
         """The conversation as the template writes it. `continue_final_message` leaves the last message open
         (no end-of-turn after it) so the model continues it; transformers cuts the text right after its content.
-        The HTTP layer has checked that it is not combined with `add_generation_prompt`."""
+        The HTTP layer has checked that it is not combined with `add_generation_prompt`. As in vLLM, a setting in
+        `chat_template_kwargs` wins over the same one passed as a parameter."""
+        extra = chat_template_kwargs or {}
+        refused = sorted(RESERVED_TEMPLATE_KWARGS.intersection(extra))
+        if refused:
+            raise BadRequestError(f"chat_template_kwargs may not set {', '.join(refused)}: they change what the "
+                                  "template call returns or which template runs.", param="chat_template_kwargs")
+        kwargs = {"add_generation_prompt": add_generation_prompt, "continue_final_message": continue_final_message,
+                  **extra}
         try:
-            text = self.hf.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message, **(chat_template_kwargs or {}),
-            )
+            text = self.hf.apply_chat_template(messages, tokenize=False, **kwargs)
         except Exception as exc:  # a template raising on odd input is a bad request, not a crash
             raise BadRequestError(f"The chat template could not render these messages: {exc}",
                                   param="messages") from exc

@@ -77,3 +77,26 @@ async def test_any_final_role_can_be_continued(client):
     messages = [{"role": "user", "content": "write add"}]
     continued = await tokens_of(client, messages=messages, continue_final_message=True)
     assert await text_of(client, continued) == "<|im_start|>user\nwrite add"
+
+
+async def test_chat_template_kwargs_win_over_the_same_parameters_as_in_vllm(client):
+    user_only = MESSAGES[:1]
+    plain = await tokens_of(client, messages=user_only, add_generation_prompt=False)
+    # A request that turns the generation prompt off inside chat_template_kwargs gets it off (was a 400 with
+    # Python's "got multiple values for keyword argument").
+    assert await tokens_of(client, messages=user_only, chat_template_kwargs={"add_generation_prompt": False}) == plain
+    continued = await tokens_of(client, messages=MESSAGES, add_generation_prompt=False,
+                                chat_template_kwargs={"continue_final_message": True})
+    assert await text_of(client, continued) == OPEN
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": user_only, "max_tokens": 2, "chat_template_kwargs": {"add_generation_prompt": False}})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["usage"]["prompt_tokens"] == len(plain)
+
+
+@pytest.mark.parametrize("key", ["tokenize", "return_dict", "chat_template"])
+async def test_chat_template_kwargs_that_change_the_call_itself_are_refused(client, key):
+    resp = await client.post("/tokenize", json={"messages": MESSAGES, "chat_template_kwargs": {key: True}})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["param"] == "chat_template_kwargs" and key in error["message"]
