@@ -14,7 +14,6 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBas
 from service.engine.detokenizer import ByteLevelDetokenizer, Detokenizer, OffsetDetokenizer, byte_level_table
 from service.errors import BadRequestError
 
-
 # apply_chat_template arguments a request's chat_template_kwargs may not set: they would change the call's
 # result (token ids, a dict, tensors) or swap the server's template for the client's.
 RESERVED_TEMPLATE_KWARGS = frozenset({"tokenize", "return_dict", "return_tensors", "return_assistant_tokens_mask",

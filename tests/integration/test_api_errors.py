@@ -250,3 +250,28 @@ async def test_cross_field_and_union_errors_name_the_parameter(client, path, bod
 async def test_an_empty_tools_list_is_accepted(client):
     resp = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2, "tools": []})
     assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize(("path", "extra", "param"), [
+    ("/v1/completions", {"guided_json": {"type": "object"}}, "guided_json"),
+    ("/v1/completions", {"allowed_token_ids": [5]}, "allowed_token_ids"),
+    ("/v1/completions", {"prompt_logprobs": 0}, "prompt_logprobs"),
+    ("/v1/completions", {"use_beam_search": True}, "use_beam_search"),
+    ("/v1/chat/completions", {"guided_choice": ["a", "b"]}, "guided_choice"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),
+    ("/v1/chat/completions", {"echo": True}, "echo"),
+])
+async def test_vllm_parameters_this_server_lacks_are_refused_not_ignored(client, path, extra, param):
+    body = {"prompt": "hi"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    resp = await client.post(path, json={**body, "max_tokens": 2, **extra})
+    err = assert_error(await resp.json(), 400, resp.status, param)
+    assert "not supported" in err["message"]
+
+
+@pytest.mark.parametrize("extra", [{"guided_json": None}, {"use_beam_search": False}, {"allowed_token_ids": []},
+                                   {"functions": []}])
+async def test_vllm_parameters_this_server_lacks_may_be_sent_unset(client, extra):
+    path = "/v1/chat/completions" if "functions" in extra else "/v1/completions"
+    body = {"prompt": "hi"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    resp = await client.post(path, json={**body, "max_tokens": 2, **extra})
+    assert resp.status == 200, await resp.text()

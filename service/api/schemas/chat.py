@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from service.api.schemas.sampling import STRICT, NullMeansDefault, SamplingFields
+from service.api.schemas.sampling import STRICT, UNSUPPORTED_VLLM_PARAMS, NullMeansDefault, SamplingFields
 from service.engine.sampling_params import MAX_TOP_LOGPROBS
 from service.errors import BadRequestError, InvalidParameterError
 
@@ -64,6 +64,8 @@ class ResponseFormat(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields, ContinueFinalMessage):
+    # OpenAI's legacy function calling, and vLLM's chat `echo`, are not implemented either.
+    unsupported_params: ClassVar[frozenset[str]] = UNSUPPORTED_VLLM_PARAMS | {"functions", "function_call", "echo"}
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
     logprobs: bool = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
 from pydantic.json_schema import JsonSchemaValue
@@ -88,10 +88,34 @@ class StreamOptions(NullMeansDefault):
     include_usage: bool = False
 
 
+# vLLM request parameters that change what is generated and that this server does not implement. Unknown fields
+# are ignored, but a client that sets one of these expects it to act: refused (400) rather than ignored.
+UNSUPPORTED_VLLM_PARAMS = frozenset({
+    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_whitespace_pattern",
+    "guided_decoding_backend", "structured_outputs", "allowed_token_ids", "bad_words", "prompt_logprobs",
+    "use_beam_search", "length_penalty", "truncate_prompt_tokens", "logits_processors",
+})
+
+
+def _is_set(value: Any) -> bool:
+    """null, false and empty strings, lists and objects leave a parameter unset (0 does not)."""
+    return not (value is None or value is False or (isinstance(value, str | list | dict) and not value))
+
+
 class SamplingFields(NullMeansDefault):
     """Everything that shapes generation. Ranges follow OpenAI's API, plus vLLM's extra parameters."""
 
     model_config = STRICT
+    unsupported_params: ClassVar[frozenset[str]] = UNSUPPORTED_VLLM_PARAMS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in sorted(cls.unsupported_params.intersection(data)):
+                if _is_set(data[key]):
+                    raise InvalidParameterError(key, data[key], "is not supported by this server")
+        return data
 
     model: str | None = Field(None, description="Served model name; defaults to the only model served.")
     max_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most.")
