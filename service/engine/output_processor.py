@@ -109,9 +109,9 @@ class OutputProcessor:
     def _through_stops(self, live: LiveRequest, text: str) -> str:
         """Pass new text through the stop-string matcher; end the request if a stop string appears."""
         assert live.stops is not None
-        emit, hit = live.stops.feed(text)
+        request = live.request
+        emit, hit = live.stops.feed(text, request.num_output_tokens >= request.sampling_params.min_tokens)
         if hit is not None:
-            request = live.request
             if not request.is_finished:
                 self._stop_in_scheduler(request.request_id)
             request.status = RequestStatus.FINISHED_STOPPED

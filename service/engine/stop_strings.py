@@ -8,6 +8,10 @@ With `include_in_output` the text runs up to and including the stop string, and 
 held back then (a partial stop string is part of the output whether or not it completes, as in vLLM); only the
 last few characters already emitted are kept, to find a stop string that starts in them and ends in new text.
 Either way every piece of text is emitted once, so streamed deltas add up to the full response's text.
+
+Only a stop string that ends in the newly fed text counts, and none while `can_stop` is false (vLLM's
+min_tokens holds stop strings off too): one that completed then is ordinary text, while a possible start of one
+is still held back, so a stop string that starts before min_tokens is reached and ends after it does count.
 """
 
 from __future__ import annotations
@@ -22,16 +26,17 @@ class StopStringMatcher:
         self._held = ""
         self._context_chars = max(map(len, stops), default=1) - 1
 
-    def feed(self, text: str) -> tuple[str, str | None]:
+    def feed(self, text: str, can_stop: bool = True) -> tuple[str, str | None]:
         """Returns (text safe to emit, the stop string hit or None)."""
         if not self.stops:
             return text, None
         if self.include_in_output:
-            return self._feed_including(text)
+            return self._feed_including(text, can_stop)
+        seen = len(self._held)
         buf = self._held + text
         hit_at, hit = -1, None
-        for stop in self.stops:
-            i = buf.find(stop)
+        for stop in self.stops if can_stop else ():
+            i = buf.find(stop, max(0, seen - len(stop) + 1))
             if i != -1 and (hit_at == -1 or i < hit_at):
                 hit_at, hit = i, stop
         if hit is not None:
@@ -41,15 +46,14 @@ class StopStringMatcher:
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep], None
 
-    def _feed_including(self, text: str) -> tuple[str, str | None]:
+    def _feed_including(self, text: str, can_stop: bool) -> tuple[str, str | None]:
         """The output ends where the first stop string to complete ends, whichever way the text was split
         into pieces; of stop strings that end at the same character, the longer one is reported."""
         seen = len(self._held)
         buf = self._held + text
         hit_end, hit = -1, None
-        for stop in self.stops:
-            # No stop string lies wholly within the emitted tail: it would have ended the request already.
-            i = buf.find(stop)
+        for stop in self.stops if can_stop else ():
+            i = buf.find(stop, max(0, seen - len(stop) + 1))
             if i != -1:
                 end = i + len(stop)
                 if hit is None or end < hit_end or (end == hit_end and len(stop) > len(hit)):

@@ -79,6 +79,24 @@ async def test_included_stop_string_ends_the_request_and_is_kept_in_stream_and_r
     await engine.stop()
 
 
+@pytest.mark.parametrize("include", [False, True])
+@pytest.mark.parametrize(("stop", "min_tokens", "text", "stop_reason"), [
+    ("B", 2, "BCDE", None),  # complete at the 1st token, before min_tokens: ordinary text
+    ("BC", 2, "", "BC"),  # complete at the 2nd token: counts
+    ("CD", 3, "B", "CD"),  # starts before min_tokens and ends at it: counts
+])
+async def test_min_tokens_holds_stop_strings_off_as_in_vllm(include, stop, min_tokens, text, stop_reason):
+    engine = await make_engine()
+    p = params(4, stop=(stop,), min_tokens=min_tokens, include_stop_str_in_output=include)
+    for handle in (engine.add_request([65], p), engine.add_request([65], p, stream=True)):
+        result = await handle.result()
+        want = text + stop if include and stop_reason else text
+        assert (result.text, result.stop_reason) == (want, stop_reason)
+        if handle.stream is not None:
+            assert "".join((await streamed(handle))[0]) == want
+    await engine.stop()
+
+
 @pytest.mark.parametrize(("kw", "eos", "stop_reason"), [
     ({"stop_token_ids": (68,)}, frozenset(), 68),  # a stop_token_ids entry
     ({}, frozenset({68}), None),  # the model's end-of-sequence token

@@ -103,3 +103,15 @@ def test_included_stop_result_is_the_same_however_the_text_is_split(text, cuts):
         assert streamed.endswith(stop)
     else:
         assert (streamed, hit) == (text, None)
+
+
+def test_a_stop_string_completed_while_stops_are_held_off_is_text_but_one_still_open_counts():
+    for include, held_x in ((False, ""), (True, "x")):
+        m = StopStringMatcher(("ab", "xyz"), include)
+        assert m.feed("zab", can_stop=False) == ("zab", None)  # "ab" complete before stops may count: text
+        assert m.feed("x", can_stop=False) == (held_x, None)  # a possible start of "xyz": held back (excluding)
+        assert m.feed("yz") == (("yz" if include else ""), "xyz")  # started while held off, ends now: counts
+        # "ab" completed while held off stays in the kept text and must not count once stops may
+        m = StopStringMatcher(("ab", "abcdef"), include)
+        assert m.feed("ab", can_stop=False) == (("ab" if include else ""), None)
+        assert m.feed("q") == (("q" if include else "abq"), None)
