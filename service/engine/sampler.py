@@ -27,6 +27,17 @@ class SamplingState:
     stop_ids: frozenset[int] = frozenset()  # EOS and stop_token_ids, held back until min_tokens
 
 
+_U64 = (1 << 64) - 1
+
+
+def mix_seed(seed: int) -> int:
+    """SplitMix64's finaliser: a bijection on 64-bit values whose low 32 bits depend on every input bit."""
+    z = (seed + 0x9E3779B97F4A7C15) & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
 class Sampler:
     def __init__(self, vocab_size: int, device: torch.device, seed: int) -> None:
         self.vocab_size = vocab_size
@@ -35,8 +46,11 @@ class Sampler:
         self._generator.manual_seed(seed)
 
     def new_generator(self, seed: int) -> torch.Generator:
+        """A generator for a request's seed (any 64-bit value). torch's CPU generator keeps only a seed's low
+        32 bits, which made seeds 0, 2**32 and 2**63 draw the same; the seed is mixed first so that every bit
+        counts (CUDA's generator uses all 64)."""
         g = torch.Generator(device=self.device)
-        g.manual_seed(seed)
+        g.manual_seed(mix_seed(seed))
         return g
 
     @torch.inference_mode()

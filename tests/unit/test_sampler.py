@@ -39,6 +39,15 @@ def test_temperatures_too_small_to_divide_by_are_greedy():
     assert tokens[:3] == logits[:3].argmax(-1).tolist()
 
 
+def test_seeds_that_differ_only_in_high_bits_draw_differently():
+    sampler = Sampler(50, torch.device("cpu"), seed=0)
+    seeds = [0, 2**32, 2**40, 2**63, 2**64 - 1, 2**63 - 1, 2**32 - 1]
+    draws = {tuple(torch.rand(4, generator=sampler.new_generator(s)).tolist()) for s in seeds}
+    assert len(draws) == len(seeds)
+    again = sampler.new_generator(2**63)
+    assert torch.equal(torch.rand(4, generator=again), torch.rand(4, generator=sampler.new_generator(2**63)))
+
+
 def test_seeded_row_is_batch_invariant():
     """One request's seeded draws do not depend on what its batch mates are or ask for."""
     logits = logits_for(1)[0]
