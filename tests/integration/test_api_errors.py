@@ -57,6 +57,13 @@ async def test_completion_validation_errors(client, body, param):
         assert param in err["message"]
 
 
+@pytest.mark.parametrize("prompt", [["x"] * 65, [[5]] * 65])
+async def test_too_many_prompts_says_so(client, prompt):
+    resp = await client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 1})
+    err = assert_error(await resp.json(), 400, resp.status, "prompt")
+    assert "At most 64 prompts" in err["message"]
+
+
 async def test_out_of_vocabulary_token_id(client):
     resp = await client.post("/v1/completions", json={"prompt": [1, 2, 5000], "max_tokens": 2})
     err = assert_error(await resp.json(), 400, resp.status, "prompt")
@@ -112,6 +119,14 @@ async def test_chat_validation(client):
     resp = await client.post("/v1/chat/completions",
                              json={"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
     assert_error(await resp.json(), 400, resp.status)
+    for message in ({"role": "user"}, {"role": "system", "content": None}):
+        resp = await client.post("/v1/chat/completions", json={"messages": [message], "max_tokens": 2})
+        err = assert_error(await resp.json(), 400, resp.status, "messages.0")
+        assert "needs `content`" in err["message"]
+    # An assistant message may come without content (OpenAI's API allows it, e.g. after tool calls).
+    resp = await client.post("/v1/chat/completions", json={"messages": [
+        {"role": "user", "content": "x"}, {"role": "assistant"}, {"role": "user", "content": "y"}], "max_tokens": 2})
+    assert resp.status == 200, await resp.text()
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/tokenize"])

@@ -25,6 +25,13 @@ class ChatMessage(BaseModel):
     content: str | list[TextPart] | None = None
     name: str | None = None
 
+    @model_validator(mode="after")
+    def _content_unless_assistant(self) -> Self:
+        # As in OpenAI's API: only an assistant message (one that made tool calls, say) may come without content.
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs `content`")
+        return self
+
     def text(self) -> str:
         if self.content is None:
             return ""
