@@ -10,6 +10,9 @@ chosen Prometheus metrics scraped from the server after its run.
     # overlapped output processing: the model's idle gap between steps on the standard workload
     python -m benchmarks.flag_ab --a="--overlap-output-processing" --b="--no-overlap-output-processing" \\
         --metrics step_idle_gap_seconds_total,step_idle_gaps_total
+
+    # environment variables instead of (or with) flags: OpenMP's waiting policy
+    python -m benchmarks.flag_ab --a="" --b="" --b-env="OMP_WAIT_POLICY=PASSIVE"
 """
 
 from __future__ import annotations
@@ -45,11 +48,23 @@ async def scrape(base_url: str, names: list[str]) -> dict[str, float]:
     return values
 
 
-async def run_side(label: str, flags: list[str], args: argparse.Namespace, round_no: int) -> dict[str, Any]:
+def parse_env(text: str) -> dict[str, str]:
+    """`KEY=VALUE KEY2=VALUE2` (shell-quoted) -> a dict."""
+    env = {}
+    for item in shlex.split(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"environment entries are KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+async def run_side(label: str, flags: list[str], env: dict[str, str], args: argparse.Namespace,
+                   round_no: int) -> dict[str, Any]:
     port = free_port()
     command = [sys.executable, "-m", "service", "--model", args.model_dir, "--served-model-name", "ab",
                "--host", HOST, "--port", str(port), "--embedding-model", "none", *flags]
-    proc = start_server(Peer(f"{label}-{round_no}", label, command, [], {}), Path(args.log_dir))
+    proc = start_server(Peer(f"{label}-{round_no}", label, command, [], env), Path(args.log_dir))
     base_url = f"http://{HOST}:{port}"
     try:
         await wait_healthy(base_url, proc.poll, READY_TIMEOUT_S, interval_s=0.5)
@@ -84,21 +99,26 @@ def summarize(label: str, flags: str, results: list[dict[str, Any]], metric_name
 
 async def main_async(args: argparse.Namespace) -> None:
     sides = {"A": shlex.split(args.a), "B": shlex.split(args.b)}
+    envs = {"A": parse_env(args.a_env), "B": parse_env(args.b_env)}
     results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     for round_no in range(1, args.rounds + 1):
         order = ("A", "B") if round_no % 2 else ("B", "A")
         for label in order:
-            results[label].append(await run_side(label, sides[label], args, round_no))
+            results[label].append(await run_side(label, sides[label], envs[label], args, round_no))
     metric_names = args.metrics.split(",") if args.metrics else []
     print()
     for label in ("A", "B"):
-        print(summarize(label, shlex.join(sides[label]), results[label], metric_names))
+        shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in envs[label].items())
+        print(summarize(label, " ".join(filter(None, [shown, shlex.join(sides[label])])), results[label],
+                        metric_names))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", required=True, help="Server flags of side A.")
     parser.add_argument("--b", required=True, help="Server flags of side B.")
+    parser.add_argument("--a-env", default="", help="Environment variables of side A's server: KEY=VALUE ...")
+    parser.add_argument("--b-env", default="", help="Environment variables of side B's server: KEY=VALUE ...")
     parser.add_argument("--harness", default=STANDARD_HARNESS, help="Load-test flags (random dataset).")
     parser.add_argument("--metrics", default="", help="Comma-separated hfserve: metric names to scrape.")
     parser.add_argument("--rounds", type=int, default=2)
