@@ -11,6 +11,7 @@ from service.api.context import ServerContext
 from service.api.schemas.sampling import SamplingFields
 from service.engine.async_engine import RequestHandle
 from service.engine.output_stream import RequestResult
+from service.errors import InvalidParameterError
 
 
 class Submission:
@@ -53,6 +54,9 @@ def submitted(
     differ but each is reproducible. Every prompt is checked, and the queue's room for all of them, before any
     is queued; if one still cannot be queued, those already queued are aborted.
     """
+    if fields.priority and ctx.engine.config.scheduler.policy != "priority":
+        raise InvalidParameterError("priority", fields.priority, "needs the priority scheduling policy; this server "
+                                    "runs fcfs (--scheduling-policy)")
     jobs = [(ids, fields.to_sampling_params(max_tokens[i], logprobs, seed_offset=j, defaults=ctx.sampling_defaults))
             for i, ids in enumerate(prompts) for j in range(fields.n)]
     # A prompt that can never run fails the whole request (400) before any is queued. (Choices of one prompt

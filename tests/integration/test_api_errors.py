@@ -290,3 +290,25 @@ async def test_vllm_parameters_this_server_lacks_may_be_sent_unset(client, extra
     body = {"prompt": "hi"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
     resp = await client.post(path, json={**body, "max_tokens": 2, **extra})
     assert resp.status == 200, await resp.text()
+
+
+async def test_priority_needs_the_priority_policy_as_in_vllm(make_client):
+    fcfs = await make_client()
+    resp = await fcfs.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "priority": 3})
+    err = assert_error(await resp.json(), 400, resp.status, "priority")
+    assert "--scheduling-policy" in err["message"]
+    resp = await fcfs.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "priority": 0})
+    assert resp.status == 200
+    ranked = await make_client(policy="priority")
+    resp = await ranked.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "priority": 3})
+    assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("stream", [False, None])
+async def test_stream_options_without_stream_is_a_400_as_in_vllm(client, stream):
+    body = {"prompt": "hi", "max_tokens": 2, "stream_options": {"include_usage": True}}
+    resp = await client.post("/v1/completions", json=body if stream is None else {**body, "stream": stream})
+    assert_error(await resp.json(), 400, resp.status, "stream_options")
+    for harmless in (None, {"include_usage": False}, {"include_usage": None}):
+        resp = await client.post("/v1/completions", json={**body, "stream_options": harmless})
+        assert resp.status == 200

@@ -182,6 +182,14 @@ class SamplingFields(NullMeansDefault):
             raise InvalidParameterError("min_tokens", self.min_tokens, f"must be at most max_tokens ({limit})")
         return self
 
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> SamplingFields:
+        # As in vLLM, though only when it asks for something (include_usage), so that a null or false is harmless.
+        if self.include_usage and not self.stream:
+            raise InvalidParameterError("stream_options", self.stream_options.model_dump() if self.stream_options
+                                        else None, "may only ask for usage chunks when stream is true")
+        return self
+
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
