@@ -86,3 +86,9 @@ def test_random_bytes_round_trip(tokenizer, raw):
     ids = tokenizer.encode_now(text, add_special_tokens=False)
     deltas = stream_decode(tokenizer.detokenizer([]), ids, 1)
     assert "".join(deltas) == text
+
+
+def test_token_text_is_the_single_token_decode_every_time(tokenizer):
+    ids = [0, 1, 5, 100, tokenizer.vocab_size - 1, 5, 100]
+    for token_id in ids + ids:  # the second pass answers from the memo
+        assert tokenizer.token_text(token_id) == tokenizer.decode([token_id], skip_special_tokens=False)
