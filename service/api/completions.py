@@ -61,7 +61,9 @@ def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: list[lis
         prefix = _echo_text(ctx, req, prompts[prompt_index], prompt_index)
         logprobs = None
         if req.logprobs is not None:
-            entries = (r.prompt_logprobs or [None]) + r.logprobs if req.echo else r.logprobs
+            # Only a prompt's first choice computed its prompt logprobs (api/generation.py): shared by the rest.
+            prompt_lps = results[prompt_index * req.n].prompt_logprobs
+            entries = (prompt_lps or [None]) + r.logprobs if req.echo else r.logprobs
             logprobs = completion_logprobs(entries, ctx.tokenizer.token_text,
                                            first_prompt_token=prompts[prompt_index][0])
         choice: dict[str, Any] = {

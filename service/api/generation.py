@@ -67,11 +67,14 @@ def submitted(
     ctx.engine.check_admission(len(jobs), sum(len(ids) for ids, _ in jobs))
     handles: list[RequestHandle] = []
     try:
-        for ids, params in jobs:
+        for k, (ids, params) in enumerate(jobs):
             handles.append(ctx.engine.add_request(
                 ids, params, stream=fields.stream, priority=fields.priority,
                 timeout_s=ctx.timeout_for(fields.request_timeout),
-                want_prompt_logprobs=want_prompt_logprobs, checked=True,
+                # A full response copies a prompt's first choice's prompt logprobs to its other choices
+                # (_full_response in api/completions.py), which may then prefill from the prefix cache; a stream
+                # sends each choice's own.
+                want_prompt_logprobs=want_prompt_logprobs and (fields.stream or k % fields.n == 0), checked=True,
             ))
     except BaseException:
         abort_unfinished(ctx, handles, client_gone=False)

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from service.api.context import CONTEXT
 from service.api.sampling_defaults import load_sampling_defaults
 from tests.integration.http_calls import post_completion as post
 
@@ -34,6 +35,20 @@ async def test_echo_prepends_the_prompt_and_its_logprobs(client):
     assert all(x <= 0 for x in lp["token_logprobs"][1:])
     assert lp["tokens"][-5:] == plain["choices"][0]["logprobs"]["tokens"]
     assert lp["token_logprobs"][-5:] == plain["choices"][0]["logprobs"]["token_logprobs"]
+
+
+async def test_echo_logprobs_with_n_compute_the_prompt_once_and_every_choice_lists_them(make_client):
+    """The prompt's logprobs come from the first choice's prefill; its other choices, free to prefill from the
+    prefix cache, list the same ones."""
+    client = await make_client(prefix_caching=True, block_size=4)
+    prompt = "def add(a, b): return a + b  # long enough for several full KV blocks"
+    body = {"prompt": prompt, "max_tokens": 3, "temperature": 0, "logprobs": 1, "echo": True}
+    single = (await post(client, **body))["choices"][0]["logprobs"]
+    stats = client.app[CONTEXT].engine.block_manager.stats
+    hits_before = stats.hits
+    choices = (await post(client, **body, n=3))["choices"]
+    assert [c["logprobs"] for c in choices] == [single] * 3  # greedy: the same prompt and output logprobs
+    assert stats.hits > hits_before
 
 
 async def test_streamed_echo_logprobs_equal_the_full_response(client):
