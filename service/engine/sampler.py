@@ -148,6 +148,11 @@ def _mask_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]
     return logits.masked_fill(mask, float("-inf"))
 
 
+# A smaller repetition penalty divides logits into float32 overflow (1e-45: every seen token's logit became inf,
+# and the first such token won); at this one the order of the scaled logits is still the exact one.
+MIN_REPETITION_PENALTY = 1e-6
+
+
 def apply_penalties(row: torch.Tensor, state: SamplingState) -> torch.Tensor:
     """Repetition penalty over prompt and output (as HF and vLLM), presence/frequency over output (OpenAI)."""
     p = state.params
@@ -156,7 +161,8 @@ def apply_penalties(row: torch.Tensor, state: SamplingState) -> torch.Tensor:
         seen = torch.tensor(sorted(set(state.prompt_token_ids) | set(state.output_token_ids)), device=device)
         if seen.numel():
             vals = row[seen]
-            row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+            penalty = max(p.repetition_penalty, MIN_REPETITION_PENALTY)
+            row[seen] = torch.where(vals > 0, vals / penalty, vals * penalty)
     if state.output_token_ids and (p.presence_penalty or p.frequency_penalty):
         out = torch.tensor(state.output_token_ids, device=device)
         counts = torch.bincount(out, minlength=row.shape[0]).to(row.dtype)

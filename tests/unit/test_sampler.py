@@ -48,6 +48,19 @@ def test_seeds_that_differ_only_in_high_bits_draw_differently():
     assert torch.equal(torch.rand(4, generator=again), torch.rand(4, generator=sampler.new_generator(2**63)))
 
 
+def test_a_tiny_repetition_penalty_keeps_the_exact_order_of_seen_tokens():
+    """1e-45 divided seen tokens' logits into inf, so the first seen token won; the right winner is the seen token
+    with the largest positive logit, as any penalty small enough to lift it over the unseen ones gives."""
+    sampler = Sampler(50, torch.device("cpu"), seed=0)
+    logits = torch.full((1, 50), -1.0)
+    logits[0, 7] = 30.0  # unseen
+    logits[0, 3], logits[0, 4] = 1.0, 2.0  # seen (in the prompt)
+    s = SamplingState(SamplingParams(max_tokens=8, temperature=0.0, repetition_penalty=1e-45),
+                      prompt_token_ids=[3, 4])
+    tokens, _ = sampler.sample(logits.clone(), [s])
+    assert tokens == [4]
+
+
 def test_seeded_row_is_batch_invariant():
     """One request's seeded draws do not depend on what its batch mates are or ask for."""
     logits = logits_for(1)[0]
