@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,10 @@ PACK_HINT_ROWS = 32
 _TRACE_TOKENS = 8
 
 
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_HINT_ROWS)
+
+
 def _packed_gemm(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, rows: int) -> torch.Tensor:
     """x [rows, in] times a packed weight -> [rows, out], the rows padded up to a whole bucket for oneDNN."""
     pad = -rows % ROW_BUCKET
@@ -47,7 +52,8 @@ def _packed_gemm(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | Non
 
 
 class SharedInputGemm:
-    """One packed GEMM for linear layers that read the same input; each member's output is a column slice."""
+    """One packed GEMM for linear layers that read the same input (a layer alone is a group of one); each
+    member's output is a column slice."""
 
     def __init__(self, linears: Sequence[nn.Linear]) -> None:
         weight = torch.cat([lin.weight.detach() for lin in linears])
@@ -56,15 +62,15 @@ class SharedInputGemm:
         if any(b is not None for b in biases):
             self.bias = torch.cat([b.detach() if b is not None else weight.new_zeros(lin.out_features)
                                    for b, lin in zip(biases, linears, strict=True)])
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT_ROWS)
+        self.packed = _pack(weight)
         self.sizes = [lin.out_features for lin in linears]
         # The input whose outputs are held, and the members that have not taken theirs yet.
         self._input: torch.Tensor | None = None
         self._outputs: tuple[torch.Tensor, ...] = ()
         self._pending: set[int] = set()
 
-    def output(self, member: int, x: torch.Tensor) -> torch.Tensor:
-        """Member `member`'s output for the module input x [..., in], flattened to [rows, in]: taken from the held
+    def output(self, member: int, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """Member `member`'s output for the module input x [..., in] ([rows, in] flattened): taken from the held
         outputs when another member already computed them for this very tensor object, else one GEMM for every
         member. (Inference tensors keep no version counter, so a write into x between the members' calls would
         go unseen; the traced models never do that.)"""
@@ -74,8 +80,10 @@ class SharedInputGemm:
             if not self._pending:
                 self._input, self._outputs = None, ()
             return out
-        rows = x.numel() // x.shape[-1]
-        outputs = _packed_gemm(x.reshape(rows, x.shape[-1]), self.packed, self.bias, rows).split(self.sizes, dim=-1)
+        out = _packed_gemm(x.reshape(rows, x.shape[-1]), self.packed, self.bias, rows)
+        if len(self.sizes) == 1:
+            return out
+        outputs = out.split(self.sizes, dim=-1)
         self._input, self._outputs = x, outputs
         self._pending = set(range(len(self.sizes))) - {member}
         return outputs[member]
@@ -83,27 +91,19 @@ class SharedInputGemm:
 
 class PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear, shared: tuple[SharedInputGemm, int] | None = None) -> None:
-        """`shared`: the GEMM this layer is a member of, and its index there; else the layer packs its own."""
+        """`shared`: the GEMM this layer is a member of, and its index there; else a GEMM of its own."""
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-        self.shared = shared
-        self.packed = (torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_HINT_ROWS)
-                       if shared is None else None)
+        self.gemm, self.member = shared if shared is not None else (SharedInputGemm([linear]), 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if rows > PACKED_MAX_ROWS:
             return nn.functional.linear(x, self.weight, self.bias)
-        if self.shared is not None:
-            gemm, member = self.shared
-            out = gemm.output(member, x)
-        else:
-            assert self.packed is not None
-            out = _packed_gemm(x.reshape(rows, self.in_features), self.packed, self.bias, rows)
-        return out.view(*x.shape[:-1], self.out_features)
+        return self.gemm.output(self.member, x, rows).view(*x.shape[:-1], self.out_features)
 
 
 def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
@@ -159,10 +159,7 @@ def shared_input_groups(model: nn.Module) -> list[list[nn.Linear]]:
         if original is not None:
             model.set_attn_implementation(original)  # type: ignore[operator]
     groups = [ms for ms in by_input.values() if len(ms) > 1]
-    count: dict[int, int] = {}
-    for ms in groups:
-        for m in ms:
-            count[id(m)] = count.get(id(m), 0) + 1
+    count = Counter(id(m) for ms in groups for m in ms)
     return [ms for ms in groups if all(count[id(m)] == 1 for m in ms)]
 
 

@@ -186,8 +186,8 @@ class SamplingFields(NullMeansDefault):
     def _stream_options_need_stream(self) -> SamplingFields:
         # As in vLLM, though only when it asks for something (include_usage), so that a null or false is harmless.
         if self.include_usage and not self.stream:
-            raise InvalidParameterError("stream_options", self.stream_options.model_dump() if self.stream_options
-                                        else None, "may only ask for usage chunks when stream is true")
+            raise InvalidParameterError("stream_options", {"include_usage": True},
+                                        "may only ask for usage chunks when stream is true")
         return self
 
     @property
