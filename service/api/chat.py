@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -37,19 +38,23 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         if req.stream:
             return await _stream(request, ctx, req, prompt, handles, response_id)
         results = await gather_results(handles)
-        body = _full_response(ctx, req, prompt, results, response_id, cached_tokens(handles, req.n))
+        body = await _full_response(ctx, req, prompt, results, response_id, cached_tokens(handles, req.n))
         request[USAGE] = body["usage"]
         return json_response(body, headers={"X-Request-Id": response_id})
 
 
-def _full_response(ctx: ServerContext, req: ChatCompletionRequest, prompt: list[int],
-                   results: list[RequestResult], response_id: str, num_cached: int) -> dict[str, Any]:
+async def _full_response(ctx: ServerContext, req: ChatCompletionRequest, prompt: list[int],
+                         results: list[RequestResult], response_id: str, num_cached: int) -> dict[str, Any]:
     choices = []
     for i, r in enumerate(results):
+        logprobs = None
+        if req.logprobs:
+            logprobs = chat_logprobs(r.logprobs, ctx.tokenizer.token_text)
+            await asyncio.sleep(0)  # listing logprobs is the costly part of a large response: let others in
         choice: dict[str, Any] = {
             "index": i,
             "message": {"role": "assistant", "content": r.text},
-            "logprobs": chat_logprobs(r.logprobs, ctx.tokenizer.token_text) if req.logprobs else None,
+            "logprobs": logprobs,
             "finish_reason": r.finish_reason,
             "stop_reason": r.stop_reason,
         }

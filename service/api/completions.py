@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         if req.stream:
             return await _stream(request, ctx, req, prompts, handles, response_id)
         results = await gather_results(handles)
-        body = _full_response(ctx, req, prompts, results, response_id, cached_tokens(handles, req.n))
+        body = await _full_response(ctx, req, prompts, results, response_id, cached_tokens(handles, req.n))
         request[USAGE] = body["usage"]
         return json_response(body, headers={"X-Request-Id": response_id})
 
@@ -53,19 +54,31 @@ def _echo_text(ctx: ServerContext, req: CompletionRequest, ids: list[int], index
     return original if isinstance(original, str) else ctx.tokenizer.decode(ids)
 
 
-def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: list[list[int]],
-                   results: list[RequestResult], response_id: str, num_cached: int) -> dict[str, Any]:
+async def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: list[list[int]],
+                         results: list[RequestResult], response_id: str, num_cached: int) -> dict[str, Any]:
     choices = []
+    # An echoed prompt's logprobs, listed once per prompt and shared by its choices (only its first choice computed
+    # them: api/generation.py). Listing is the costly part of a large response (~3 µs a token with 5
+    # alternatives), so the loop also serves others between choices.
+    echoed: dict[int, dict[str, list[Any]]] = {}
     for i, r in enumerate(results):
         prompt_index = i // req.n
         prefix = _echo_text(ctx, req, prompts[prompt_index], prompt_index)
         logprobs = None
         if req.logprobs is not None:
-            # Only a prompt's first choice computed its prompt logprobs (api/generation.py): shared by the rest.
-            prompt_lps = results[prompt_index * req.n].prompt_logprobs
-            entries = (prompt_lps or [None]) + r.logprobs if req.echo else r.logprobs
-            logprobs = completion_logprobs(entries, ctx.tokenizer.token_text,
-                                           first_prompt_token=prompts[prompt_index][0])
+            if req.echo:
+                if prompt_index not in echoed:
+                    echoed[prompt_index] = completion_logprobs(
+                        results[prompt_index * req.n].prompt_logprobs or [None], ctx.tokenizer.token_text,
+                        first_prompt_token=prompts[prompt_index][0])
+                listed_prompt = echoed[prompt_index]
+                # Offsets run on from the prompt's listed tokens, as in a stream (_StreamedLogprobs).
+                offset = listed_prompt["text_offset"][-1] + len(listed_prompt["tokens"][-1])
+                generated = completion_logprobs(r.logprobs, ctx.tokenizer.token_text, text_offset=offset)
+                logprobs = {key: listed_prompt[key] + generated[key] for key in listed_prompt}
+            else:
+                logprobs = completion_logprobs(r.logprobs, ctx.tokenizer.token_text)
+            await asyncio.sleep(0)
         choice: dict[str, Any] = {
             "index": i,
             "text": prefix + r.text,

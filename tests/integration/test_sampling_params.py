@@ -51,6 +51,20 @@ async def test_echo_logprobs_with_n_compute_the_prompt_once_and_every_choice_lis
     assert stats.hits > hits_before
 
 
+async def test_echo_logprobs_of_several_prompts_each_list_their_own_prompt(client):
+    """Each prompt's listing is shared by its own choices only, and output offsets run on from its own end."""
+    prompts = ["def add(a, b):", "héllo wörld, a second prompt"]
+    body = {"max_tokens": 3, "temperature": 0, "logprobs": 2, "echo": True}
+    singles = [(await post(client, prompt=p, **body))["choices"][0] for p in prompts]
+    choices = (await post(client, prompt=prompts, n=2, **body))["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    for c, single in zip(choices, [singles[0], singles[0], singles[1], singles[1]], strict=True):
+        assert c["text"] == single["text"]
+        assert c["logprobs"] == single["logprobs"]
+        tokens = c["logprobs"]["tokens"]
+        assert c["logprobs"]["text_offset"] == [len("".join(tokens[:i])) for i in range(len(tokens))]
+
+
 async def test_streamed_echo_logprobs_equal_the_full_response(client):
     body = {"prompt": "def add(a, b):", "max_tokens": 5, "temperature": 0, "logprobs": 2, "echo": True}
     full = (await post(client, **body))["choices"][0]
