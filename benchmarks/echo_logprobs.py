@@ -3,7 +3,7 @@ polled every 10 ms. Reports each request's time and response size, /health's slo
 server's prefix-cache hits (the choices after the first can prefill from the cache). The server runs as a real
 subprocess on the benchmark model, a fresh one per run.
 
-    python -m benchmarks.echo_logprobs [--model-dir models/default] [--requests 3] [--n 16] [--words 750]
+    python -m benchmarks.echo_logprobs [--model-dir models/default] [--requests 3] [--n 16] [--words 750] [--stream]
 """
 
 from __future__ import annotations
@@ -64,10 +64,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--words", type=int, default=750, help="Prompt length in words (~2.5 tokens each).")
     parser.add_argument("--logprobs", type=int, default=5)
+    parser.add_argument("--stream", action="store_true", help="Stream the response (read whole all the same).")
     args = parser.parse_args()
     prompt = " ".join(WORDS[i % len(WORDS)] for i in range(args.words))
     body = {"prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": args.logprobs, "echo": True,
-            "n": args.n}
+            "n": args.n, "stream": args.stream}
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "service", "--model", args.model_dir, "--port", str(port), "--embedding-model",
@@ -80,7 +81,8 @@ def main() -> None:
             asyncio.run(wait_healthy(base_url, server.poll, 300, interval_s=0.2))
         except (ServerExitedError, TimeoutError) as exc:
             raise SystemExit(f"the server did not start: {exc}") from exc
-        print(f"{args.requests} requests: echo, logprobs={args.logprobs}, n={args.n}, a {args.words}-word prompt")
+        print(f"{args.requests} requests: echo, logprobs={args.logprobs}, n={args.n}, a {args.words}-word prompt"
+              + (", streamed" if args.stream else ""))
         asyncio.run(measure(base_url, body, args.requests))
     finally:
         server.send_signal(signal.SIGTERM)

@@ -112,11 +112,30 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
     completion_tokens = 0
     # With logprobs, each frame lists exactly the tokens of its text, and text_offset runs on across frames as in
     # the full response. An echoed prompt then waits for its logprobs: it goes out as the choice's first frame.
-    logprobs_of = [_StreamedLogprobs(ctx.tokenizer.token_text, prompts[i // req.n][0], [] if req.echo else None)
+    logprobs_of = [_StreamedLogprobs(ctx.tokenizer.token_text, prompts[i // req.n][0])
                    for i in range(len(handles))] if req.logprobs is not None else []
+    echoes = EchoedPrompts(prompts, req.n, ctx.tokenizer.token_text) if req.echo and req.logprobs is not None \
+        else None
     if req.echo and req.logprobs is None:
         for i in range(len(handles)):
             await sse.send(chunk(i, _echo_text(ctx, req, prompts[i // req.n], i // req.n)))
+
+    def frames(index: int, delta: RequestDelta) -> list[dict[str, Any]]:
+        payloads: list[dict[str, Any]] = []
+        logprobs = None
+        if req.logprobs is not None:
+            listed = logprobs_of[index]
+            if echoes is not None and not listed.echoed:  # the choice's first frame: the echoed prompt
+                listing = echoes.listing(index // req.n)
+                listed.echoed = True
+                listed.offset = sum(map(len, listing["tokens"]))
+                payloads.append(chunk(index, _echo_text(ctx, req, prompts[index // req.n], index // req.n), listing))
+            logprobs = listed.take(delta.logprobs)
+        if delta.text or delta.finished or (delta.token_ids and (logprobs is not None or req.return_token_ids)):
+            payloads.append(chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
+                                  delta.token_ids))
+        return payloads
+
     unfinished = len(handles)
     last: list[dict[str, Any]] = []  # the final frames, sent in one write with [DONE]
     if len(handles) == 1 and req.logprobs is None and not req.return_token_ids:
@@ -132,23 +151,16 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
             if delta.finished:
                 unfinished -= 1
             completion_tokens += len(delta.token_ids)
-            payloads: list[dict[str, Any]] = []
-            logprobs = None
-            if req.logprobs is not None:
-                listed = logprobs_of[index]
-                echoed = listed.echoed_prompt(delta)
-                if echoed is not None:
-                    payloads.append(chunk(index, _echo_text(ctx, req, prompts[index // req.n], index // req.n),
-                                          echoed))
-                logprobs = listed.take(delta.logprobs)
-            if delta.text or delta.finished or (delta.token_ids and (logprobs is not None or req.return_token_ids)):
-                payloads.append(chunk(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason,
-                                      delta.token_ids))
-            if unfinished:
-                for payload in payloads:
-                    await sse.send(payload)
-            else:
-                last.extend(payloads)
+            ready = echoes.arrive(index, delta) if echoes is not None else [(index, delta)]
+            for k, (i, d) in enumerate(ready):
+                if k:
+                    await asyncio.sleep(0)  # a prompt's held choices, each with a long echoed frame: let others in
+                payloads = frames(i, d)
+                if unfinished:
+                    for payload in payloads:
+                        await sse.send(payload)
+                else:
+                    last.extend(payloads)
     request[USAGE] = usage(sum(len(p) for p in prompts), completion_tokens, cached_tokens(handles, req.n))
     if req.include_usage:
         last.append(StreamChunks(response_id, "text_completion", created, ctx.model_name, "text", True,
@@ -156,30 +168,61 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
     return await sse.done(*last)
 
 
+class EchoedPrompts:
+    """The echoed prompts' logprobs in a stream with `n` choices per prompt, in the order deltas arrive.
+
+    Only a prompt's first choice computes them (api/generation.py), and they come in over its deltas (a long
+    prompt is prefilled in chunks) until its first token or its end. Until then every choice of that prompt is
+    held back (its deltas merged), since its first frame is the echoed prompt with those logprobs; a choice that
+    prefilled from the prefix cache may well sample before the first one has finished its prompt.
+    """
+
+    def __init__(self, prompts: list[list[int]], n: int, token_text: Callable[[int], str]) -> None:
+        self._prompts = prompts
+        self._n = n
+        self._token_text = token_text
+        self._entries: list[list[TokenLogprobs | None]] = [[] for _ in prompts]
+        self._complete = [False] * len(prompts)
+        self._held: dict[int, RequestDelta] = {}
+        self._listings: dict[int, dict[str, Any]] = {}
+
+    def arrive(self, index: int, delta: RequestDelta) -> list[tuple[int, RequestDelta]]:
+        """Choice `index`'s new delta in; out, the (choice, delta) pairs that can be sent now, in order."""
+        prompt = index // self._n
+        if self._complete[prompt]:
+            return [(index, delta)]
+        first = prompt * self._n
+        if index == first:
+            self._entries[prompt] += delta.prompt_logprobs or []
+            self._complete[prompt] = bool(delta.token_ids or delta.finished)
+        if index in self._held:
+            self._held[index].merge(delta)
+        else:
+            self._held[index] = delta
+        if not self._complete[prompt]:
+            return []
+        return [(i, self._held.pop(i)) for i in range(first, first + self._n) if i in self._held]
+
+    def listing(self, prompt: int) -> dict[str, Any]:
+        """A complete prompt's logprobs as its choices' echoed frames list them, from the first token's null (a
+        one-token prompt has no other). Listed once and shared: it is the costly part of a long prompt's frame."""
+        assert self._complete[prompt]
+        if prompt not in self._listings:
+            self._listings[prompt] = completion_logprobs(self._entries[prompt] or [None], self._token_text,
+                                                         first_prompt_token=self._prompts[prompt][0])
+        return self._listings[prompt]
+
+
 @dataclass(slots=True)
 class _StreamedLogprobs:
-    """One streamed choice's logprobs, in frames that each list exactly the tokens of the frame's text.
-
-    With echo, the prompt's logprobs are gathered (a long prompt prefilled in chunks sends them over several
-    deltas) until the choice's first token or its end, when all are there: they go out with the echoed prompt,
-    the first prompt token's logprob null, as in OpenAI's and vLLM's streams.
-    """
+    """One streamed choice's logprobs, in frames that each list exactly the tokens of the frame's text. With
+    echo, the prompt's go first, with the echoed prompt, the first prompt token's logprob null, as in OpenAI's
+    and vLLM's streams."""
 
     token_text: Callable[[int], str]
     first_prompt_token: int
-    prompt: list[TokenLogprobs | None] | None  # the echoed prompt's logprobs so far; None: not echoed, or sent
+    echoed: bool = False  # the echoed prompt's frame went out
     offset: int = 0  # the text offset of the next listed token: the length of the tokens' texts so far
-
-    def echoed_prompt(self, delta: RequestDelta) -> dict[str, Any] | None:
-        """The echoed prompt's logprobs, once, on the delta that completes them; None before and after."""
-        if self.prompt is None:
-            return None
-        self.prompt += delta.prompt_logprobs or []
-        if not (delta.token_ids or delta.finished):
-            return None
-        # Starts with the first token's None; a one-token prompt has no other, and no prompt logprobs.
-        entries, self.prompt = self.prompt or [None], None
-        return self.take(entries)
 
     def take(self, entries: list[TokenLogprobs | None]) -> dict[str, Any]:
         listed = completion_logprobs(entries, self.token_text, self.offset, first_prompt_token=self.first_prompt_token)

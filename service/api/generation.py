@@ -71,10 +71,9 @@ def submitted(
             handles.append(ctx.engine.add_request(
                 ids, params, stream=fields.stream, priority=fields.priority,
                 timeout_s=ctx.timeout_for(fields.request_timeout),
-                # A full response copies a prompt's first choice's prompt logprobs to its other choices
-                # (_full_response in api/completions.py), which may then prefill from the prefix cache; a stream
-                # sends each choice's own.
-                want_prompt_logprobs=want_prompt_logprobs and (fields.stream or k % fields.n == 0), checked=True,
+                # Only a prompt's first choice computes its prompt logprobs; the response lists them for every
+                # choice (api/completions.py), and the others may prefill from the prefix cache.
+                want_prompt_logprobs=want_prompt_logprobs and k % fields.n == 0, checked=True,
             ))
     except BaseException:
         abort_unfinished(ctx, handles, client_gone=False)

@@ -65,6 +65,30 @@ async def test_echo_logprobs_of_several_prompts_each_list_their_own_prompt(clien
         assert c["logprobs"]["text_offset"] == [len("".join(tokens[:i])) for i in range(len(tokens))]
 
 
+async def test_streamed_echo_logprobs_with_n_compute_the_prompt_once(make_client):
+    """A stream, too, has only each prompt's first choice compute the prompt's logprobs; every choice's frames
+    add up to its choice of the full response."""
+    client = await make_client(prefix_caching=True, block_size=4)
+    prompt = "def add(a, b): return a + b  # long enough for several full KV blocks"
+    body = {"prompt": prompt, "max_tokens": 3, "temperature": 0, "logprobs": 1, "echo": True, "n": 3}
+    full = (await post(client, **body))["choices"]
+    stats = client.app[CONTEXT].engine.block_manager.stats
+    hits_before = stats.hits
+    resp = await client.post("/v1/completions", json={**body, "stream": True})
+    assert resp.status == 200
+    texts = [""] * 3
+    merged = [{"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for _ in range(3)]
+    async for line in resp.content:
+        if line.startswith(b"data: {"):
+            choice = json.loads(line[6:])["choices"][0]
+            texts[choice["index"]] += choice["text"]
+            for key, values in (choice["logprobs"] or {}).items():
+                merged[choice["index"]][key] += values
+    assert texts == [c["text"] for c in full]
+    assert merged == [c["logprobs"] for c in full]
+    assert stats.hits > hits_before  # the other choices prefilled from the prefix cache
+
+
 async def test_streamed_echo_logprobs_equal_the_full_response(client):
     body = {"prompt": "def add(a, b):", "max_tokens": 5, "temperature": 0, "logprobs": 2, "echo": True}
     full = (await post(client, **body))["choices"][0]
