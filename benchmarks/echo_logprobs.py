@@ -1,4 +1,4 @@
-"""A heavy logprobs request: `echo` + `logprobs` + `n` choices on a long prompt, not streamed, while /health is
+"""A heavy logprobs request: `echo` + `logprobs` + `n` choices on a long prompt (--stream: streamed), while /health is
 polled every 10 ms. Reports each request's time and response size, /health's slowest answer during it, and the
 server's prefix-cache hits (the choices after the first can prefill from the cache). The server runs as a real
 subprocess on the benchmark model, a fresh one per run.
