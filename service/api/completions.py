@@ -51,7 +51,9 @@ def _echo_text(ctx: ServerContext, req: CompletionRequest, ids: list[int], index
     if not req.echo:
         return ""
     original = req.prompts()[index]
-    return original if isinstance(original, str) else ctx.tokenizer.decode(ids)
+    # Special tokens stay, as in vLLM: the text then reads as the prompt's tokens do in logprobs, and as a string
+    # prompt that holds them is echoed.
+    return original if isinstance(original, str) else ctx.tokenizer.decode(ids, skip_special_tokens=False)
 
 
 async def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: list[list[int]],

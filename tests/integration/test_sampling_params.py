@@ -147,6 +147,15 @@ async def test_echo_with_token_ids_decodes_the_prompt(client):
     assert body["choices"][0]["text"].startswith("import sys")
 
 
+async def test_echo_of_token_ids_keeps_special_tokens_as_the_logprobs_list_them(client):
+    bos = client.app[CONTEXT].tokenizer.hf.bos_token_id
+    tok = await client.post("/tokenize", json={"prompt": "import sys", "add_special_tokens": False})
+    ids = [bos, *(await tok.json())["tokens"]]
+    choice = (await post(client, prompt=ids, max_tokens=2, temperature=0, echo=True, logprobs=0))["choices"][0]
+    assert choice["text"].startswith(client.app[CONTEXT].tokenizer.hf.bos_token + "import sys")
+    assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+
+
 async def detokenized(client, ids: list[int]) -> str:
     resp = await client.post("/detokenize", json={"tokens": ids})
     assert resp.status == 200, await resp.text()
