@@ -175,8 +175,9 @@ class EchoedPrompts:
 
     Only a prompt's first choice computes them (api/generation.py), and they come in over its deltas (a long
     prompt is prefilled in chunks) until its first token or its end. Until then every choice of that prompt is
-    held back (its deltas merged), since its first frame is the echoed prompt with those logprobs; a choice that
-    prefilled from the prefix cache may well sample before the first one has finished its prompt.
+    held back (its deltas merged), since its first frame is the echoed prompt with those logprobs. The scheduler
+    admits a prompt's first choice ahead of the others and preempts it last, so they sample with it or after it;
+    the hold keeps each stream right whatever order their deltas come in.
     """
 
     def __init__(self, prompts: list[list[int]], n: int, token_text: Callable[[int], str]) -> None:
