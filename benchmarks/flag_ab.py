@@ -13,6 +13,9 @@ chosen Prometheus metrics scraped from the server after its run.
 
     # environment variables instead of (or with) flags: OpenMP's waiting policy
     python -m benchmarks.flag_ab --a="" --b="" --b-env="OMP_WAIT_POLICY=PASSIVE"
+
+    # another commit's server (a `git worktree` of it) against this one, on the standard workload
+    python -m benchmarks.flag_ab --a="" --b="" --a-env="PYTHONSAFEPATH=1 PYTHONPATH=/path/to/worktree"
 """
 
 from __future__ import annotations
