@@ -13,7 +13,7 @@ from aiohttp import web
 from service.api.context import CONTEXT, REQUEST_ID, USAGE, ServerContext
 from service.api.errors import json_response, read_json_object
 from service.api.generation import cached_tokens, gather_results, submitted, usage
-from service.api.logprobs import completion_logprobs
+from service.api.logprobs import completion_logprobs, echoed_prompt_logprobs, spelled_length
 from service.api.schemas.completions import CompletionRequest
 from service.api.sse import SSEWriter, StreamChunks, iterate_deltas, stream_text
 from service.engine.async_engine import RequestHandle
@@ -70,13 +70,12 @@ async def _full_response(ctx: ServerContext, req: CompletionRequest, prompts: li
         if req.logprobs is not None:
             if req.echo:
                 if prompt_index not in echoed:
-                    echoed[prompt_index] = completion_logprobs(
-                        results[prompt_index * req.n].prompt_logprobs or [None], ctx.tokenizer.token_text,
-                        first_prompt_token=prompts[prompt_index][0])
+                    echoed[prompt_index] = echoed_prompt_logprobs(results[prompt_index * req.n].prompt_logprobs,
+                                                                  ctx.tokenizer.token_text, prompts[prompt_index][0])
                 listed_prompt = echoed[prompt_index]
                 # Offsets run on from the prompt's listed tokens, as in a stream (_StreamedLogprobs).
-                offset = listed_prompt["text_offset"][-1] + len(listed_prompt["tokens"][-1])
-                generated = completion_logprobs(r.logprobs, ctx.tokenizer.token_text, text_offset=offset)
+                generated = completion_logprobs(r.logprobs, ctx.tokenizer.token_text,
+                                                text_offset=spelled_length(listed_prompt))
                 logprobs = {key: listed_prompt[key] + generated[key] for key in listed_prompt}
             else:
                 logprobs = completion_logprobs(r.logprobs, ctx.tokenizer.token_text)
@@ -130,7 +129,7 @@ async def _stream(request: web.Request, ctx: ServerContext, req: CompletionReque
             if echoes is not None and not listed.echoed:  # the choice's first frame: the echoed prompt
                 listing = echoes.listing(index // req.n)
                 listed.echoed = True
-                listed.offset = sum(map(len, listing["tokens"]))
+                listed.offset = spelled_length(listing)
                 payloads.append(chunk(index, _echo_text(ctx, req, prompts[index // req.n], index // req.n), listing))
             logprobs = listed.take(delta.logprobs)
         if delta.text or delta.finished or (delta.token_ids and (logprobs is not None or req.return_token_ids)):
@@ -211,8 +210,8 @@ class EchoedPrompts:
         one-token prompt has no other). Listed once and shared: it is the costly part of a long prompt's frame."""
         assert self._complete[prompt]
         if prompt not in self._listings:
-            self._listings[prompt] = completion_logprobs(self._entries[prompt] or [None], self._token_text,
-                                                         first_prompt_token=self._prompts[prompt][0])
+            self._listings[prompt] = echoed_prompt_logprobs(self._entries[prompt], self._token_text,
+                                                            self._prompts[prompt][0])
         return self._listings[prompt]
 
 
@@ -229,5 +228,5 @@ class _StreamedLogprobs:
 
     def take(self, entries: list[TokenLogprobs | None]) -> dict[str, Any]:
         listed = completion_logprobs(entries, self.token_text, self.offset, first_prompt_token=self.first_prompt_token)
-        self.offset += sum(map(len, listed["tokens"]))
+        self.offset += spelled_length(listed)
         return listed

@@ -51,6 +51,19 @@ def completion_logprobs(
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
 
+def echoed_prompt_logprobs(entries: list[TokenLogprobs | None] | None, token_text: Callable[[int], str],
+                           first_prompt_token: int) -> dict[str, Any]:
+    """An echoed prompt's tokens in the legacy format, from its first token, whose logprobs are null. `entries`
+    are the prompt logprobs the engine computed (starting with the first token's None); a one-token prompt has
+    none."""
+    return completion_logprobs(entries or [None], token_text, first_prompt_token=first_prompt_token)
+
+
+def spelled_length(listed: dict[str, Any]) -> int:
+    """The length of the text a legacy-format listing's tokens spell: where the next listing's offsets start."""
+    return sum(map(len, listed["tokens"]))
+
+
 def chat_logprobs(entries: list[TokenLogprobs | None], token_text: Callable[[int], str]) -> dict[str, Any]:
     content = []
     for e in entries:
