@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
@@ -119,11 +119,19 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Servic
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object, or a 415/400 that says what is wrong with it."""
-    ctype = request.content_type
-    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
-        raise UnsupportedMediaTypeError(f"Content-Type must be application/json, got {short_repr(ctype)}.")
-    raw = await request.read()
+    """The body as a JSON object, or a 415/400 that says what is wrong with it.
+
+    A body sent without a Content-Type is read as JSON, as vLLM does (aiohttp reports a missing header as
+    application/octet-stream, so the header itself is looked at)."""
+    if hdrs.CONTENT_TYPE in request.headers:
+        ctype = request.content_type
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            raise UnsupportedMediaTypeError(
+                f"Content-Type must be application/json, got {short_repr(request.headers[hdrs.CONTENT_TYPE])}.")
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body does not match
+        raise BadRequestError(f"The body could not be read: {exc}.") from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

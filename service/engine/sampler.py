@@ -138,7 +138,8 @@ def _mask_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]
     vocab = logits.shape[1]
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(vocab, device=device)[None, :]
-    k = torch.tensor([kk if kk > 0 else vocab for kk in top_k], device=device)
+    # k above the vocabulary keeps it all; clamped in Python, so no k overflows the tensor's int64.
+    k = torch.tensor([min(kk, vocab) if kk > 0 else vocab for kk in top_k], device=device)
     drop = ranks >= k[:, None]
     p = torch.tensor(top_p, device=device, dtype=logits.dtype)
     probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)

@@ -35,6 +35,7 @@ async def client(make_client):
         ({"prompt": "x", "temperature": 2.5}, "temperature"),
         ({"prompt": "x", "top_p": 0}, "top_p"),
         ({"prompt": "x", "top_k": -2}, "top_k"),
+        ({"prompt": "x", "top_k": 2**63}, "top_k"),
         ({"prompt": "x", "n": 0}, "n"),
         ({"prompt": "x", "n": 1000}, "n"),
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
@@ -94,6 +95,24 @@ async def test_context_length_exceeded(client):
 async def test_malformed_bodies(client, data, headers, status):
     resp = await client.post("/v1/completions", data=data, headers=headers)
     assert_error(await resp.json(), status, resp.status)
+
+
+async def test_body_without_content_type_is_read_as_json(client):
+    """As in vLLM; aiohttp reports the missing header as application/octet-stream, which must not be a 415."""
+    resp = await client.post("/v1/completions", data=b'{"prompt": "hi", "max_tokens": 2}',
+                             skip_auto_headers=["Content-Type"])
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["usage"]["completion_tokens"] == 2
+    resp = await client.post("/v1/completions", data=b"{}", headers={"Content-Type": ";;;"})
+    err = assert_error(await resp.json(), 415, resp.status)
+    assert "';;;'" in err["message"]
+
+
+async def test_body_that_does_not_match_its_content_encoding_is_a_400(client):
+    resp = await client.post("/v1/completions", data=b'{"prompt": "hi", "max_tokens": 2}',
+                             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    err = assert_error(await resp.json(), 400, resp.status)
+    assert err["message"].startswith("The body could not be read")
 
 
 async def test_wrong_method_and_unknown_route(client):

@@ -95,6 +95,17 @@ def test_top_k_restricts_support():
     assert seen <= top3 and len(seen) >= 2
 
 
+def test_top_k_above_the_vocabulary_keeps_it_all():
+    """A k past the vocabulary (even past int64, for a caller of the engine API) is the whole vocabulary: it must
+    not fail the step, which would fail every request in the batch."""
+    logits = logits_for(3)
+    plain = [seeded(7, temperature=1.0), seeded(8, temperature=1.0), state(temperature=0.0)]
+    huge = [seeded(7, temperature=1.0, top_k=51), seeded(8, temperature=1.0, top_k=2**64), state(temperature=0.0)]
+    expected, _ = Sampler(50, torch.device("cpu"), seed=0).sample(logits.clone(), plain)
+    tokens, _ = Sampler(50, torch.device("cpu"), seed=0).sample(logits.clone(), huge)
+    assert tokens == expected
+
+
 def test_min_tokens_masks_stop_ids_and_logit_bias_applies():
     sampler = Sampler(50, torch.device("cpu"), seed=0)
     logits = torch.zeros(1, 50)

@@ -121,7 +121,8 @@ class SamplingFields(NullMeansDefault):
     max_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most.")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(-1, ge=-1, description="-1 or 0 disables top-k.")
+    top_k: int = Field(-1, ge=-1, le=2**31 - 1,
+                       description="-1 or 0 disables top-k; above the vocabulary size, the whole vocabulary.")
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     n: int = Field(1, ge=1, le=MAX_N, description="Choices to generate for each prompt.")
     seed: int | None = Field(None, ge=INT64_MIN, le=UINT64_MAX)
