@@ -31,7 +31,8 @@ def create_app(ctx: ServerContext) -> web.Application:
     app.router.add_post("/detokenize", tokenize.detokenize)
     app.router.add_get("/health", health.health)
     app.router.add_get("/v1/models", health.list_models)
-    app.router.add_get("/v1/models/{model}", health.retrieve_model)
+    # `.+`: a served name may hold slashes (org/model), sent unencoded by curl and most clients.
+    app.router.add_get("/v1/models/{model:.+}", health.retrieve_model)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/openapi.json", openapi.make_handler(__version__))
     setup_cors(app, ctx.config.allowed_origins)

@@ -14,12 +14,12 @@ from service.errors import BadRequestError
 
 async def tokenize(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    req = TokenizeRequest.model_validate(await read_json_object(request)).root
+    raw = await read_json_object(request)
+    req = TokenizeRequest.form_of(raw).model_validate(raw)
     ctx.check_model(req.model)
     if isinstance(req, TokenizeChatRequest):
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        tokens = await ctx.tokenizer.encode_chat(messages, req.add_generation_prompt, req.chat_template_kwargs,
-                                                 req.continue_final_message)
+        tokens = await ctx.tokenizer.encode_chat(req.template_messages(), req.add_generation_prompt,
+                                                 req.chat_template_kwargs, req.continue_final_message)
     else:
         tokens = await ctx.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
     body: dict[str, Any] = {"tokens": tokens, "count": len(tokens), "max_model_len": ctx.engine.max_model_len}

@@ -15,10 +15,11 @@ from service.engine.detokenizer import ByteLevelDetokenizer, Detokenizer, Offset
 from service.errors import BadRequestError
 
 # apply_chat_template arguments a request's chat_template_kwargs may not set: they would change the call's
-# result (token ids, a dict, tensors) or swap the server's template for the client's.
+# result (token ids, a dict, tensors), swap the server's template for the client's, or replace the conversation
+# (`messages` is the template's own name for it).
 RESERVED_TEMPLATE_KWARGS = frozenset({"tokenize", "return_dict", "return_tensors", "return_assistant_tokens_mask",
                                       "padding", "truncation", "max_length", "tokenizer_kwargs", "chat_template",
-                                      "conversation"})
+                                      "conversation", "messages"})
 
 
 class Tokenizer:
@@ -107,6 +108,9 @@ class Tokenizer:
                                   "template call returns or which template runs.", param="chat_template_kwargs")
         kwargs = {"add_generation_prompt": add_generation_prompt, "continue_final_message": continue_final_message,
                   **extra}
+        if kwargs["add_generation_prompt"] and kwargs["continue_final_message"]:
+            raise BadRequestError("Cannot set both `continue_final_message` and `add_generation_prompt` to True "
+                                  "(one of them in chat_template_kwargs).", param="chat_template_kwargs")
         try:
             text = self.hf.apply_chat_template(messages, tokenize=False, **kwargs)
         except Exception as exc:  # a template raising on odd input is a bad request, not a crash

@@ -41,6 +41,7 @@ async def client(make_client):
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"prompt": "x", "logprobs": 99}, "logprobs"),
         ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"\u0661\u0662": 1}}, "logit_bias"),  # Arabic-Indic "12": not token 12
         ({"prompt": "x", "presence_penalty": 3}, "presence_penalty"),
         ({"prompt": "x", "stream": "yes please"}, "stream"),
         ({"max_tokens": 3}, "prompt"),
@@ -81,6 +82,23 @@ async def test_context_length_exceeded(client):
     resp = await client.post("/v1/completions", json={"prompt": [5] * 500, "max_tokens": 100})
     err = assert_error(await resp.json(), 400, resp.status)
     assert err["code"] == "context_length_exceeded"
+
+
+async def test_a_served_name_with_slashes_is_retrieved_sent_plain_or_encoded(make_client):
+    client = await make_client(model_name="org/my-model")
+    for path in ("/v1/models/org/my-model", "/v1/models/org%2Fmy-model"):
+        resp = await client.get(path)
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["id"] == "org/my-model"
+    resp = await client.get("/v1/models/org/other")
+    assert_error(await resp.json(), 404, resp.status)
+
+
+async def test_logit_bias_keys_are_ascii_decimal_token_ids(client):
+    # "²" is a digit to str.isdigit() but not to int(): the client saw Python's "invalid literal for int()".
+    resp = await client.post("/v1/completions", json={"prompt": "x", "logit_bias": {"\u00b2": 1}})
+    err = assert_error(await resp.json(), 400, resp.status, "logit_bias")
+    assert "decimal strings" in err["message"] and "invalid literal" not in err["message"]
 
 
 @pytest.mark.parametrize(
@@ -201,6 +219,23 @@ async def test_tokenize_and_detokenize_round_trip(client):
     assert_error(await resp.json(), 400, resp.status)
 
 
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([], "messages"),
+        ([{"role": "bot", "content": "hi"}], "messages.0.role"),
+        ([{"role": "user"}], "messages.0"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+         "messages.0.content.0.type"),
+        ([{"role": "user", "content": "x"}] * 1025, "messages"),  # chat's limit too
+    ],
+)
+async def test_tokenize_chat_form_errors_name_the_messages(client, messages, param):
+    """Not the text form's missing `prompt`, which is what trying both forms reported."""
+    resp = await client.post("/tokenize", json={"messages": messages})
+    assert_error(await resp.json(), 400, resp.status, param)
+
+
 async def test_embeddings_errors(make_client):
     client = await make_client(embeddings=True)
     resp = await client.post("/v1/embeddings", json={"input": []})
@@ -212,6 +247,10 @@ async def test_embeddings_errors(make_client):
     assert err["code"] == "context_length_exceeded"
     resp = await client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"})
     assert_error(await resp.json(), 400, resp.status, "encoding_format")
+    for too_many in (["a"] * 2049, [[5]] * 2049):  # was "input.0: Input should be a valid integer"
+        resp = await client.post("/v1/embeddings", json={"input": too_many})
+        err = assert_error(await resp.json(), 400, resp.status, "input")
+        assert "At most 2048 inputs" in err["message"]
 
 
 @pytest.mark.parametrize(

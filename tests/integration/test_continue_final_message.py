@@ -94,9 +94,28 @@ async def test_chat_template_kwargs_win_over_the_same_parameters_as_in_vllm(clie
     assert (await resp.json())["usage"]["prompt_tokens"] == len(plain)
 
 
-@pytest.mark.parametrize("key", ["tokenize", "return_dict", "chat_template"])
+@pytest.mark.parametrize("key", ["tokenize", "return_dict", "chat_template", "messages"])
 async def test_chat_template_kwargs_that_change_the_call_itself_are_refused(client, key):
     resp = await client.post("/tokenize", json={"messages": MESSAGES, "chat_template_kwargs": {key: True}})
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert error["param"] == "chat_template_kwargs" and key in error["message"]
+
+
+async def test_continue_final_message_in_chat_template_kwargs_with_a_generation_prompt_is_a_clear_400(client):
+    for path in ("/tokenize", "/v1/chat/completions"):
+        resp = await client.post(path, json={"messages": MESSAGES, "add_generation_prompt": True,
+                                             "chat_template_kwargs": {"continue_final_message": True}})
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert error["param"] == "chat_template_kwargs"
+        assert "continue_final_message" in error["message"] and "add_generation_prompt" in error["message"]
+
+
+async def test_text_parts_are_joined_by_newlines_as_in_vllm(client):
+    parts = [{"type": "text", "text": "Hello"}, {"type": "text", "text": "world"}]
+    as_parts = await tokens_of(client, messages=[{"role": "user", "content": parts}])
+    assert as_parts == await tokens_of(client, messages=[{"role": "user", "content": "Hello\nworld"}])
+    resp = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": parts}],
+                                                           "max_tokens": 1})
+    assert (await resp.json())["usage"]["prompt_tokens"] == len(as_parts)

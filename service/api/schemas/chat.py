@@ -33,11 +33,12 @@ class ChatMessage(BaseModel):
         return self
 
     def text(self) -> str:
+        """The content as the template sees it: text parts joined by newlines, as in vLLM."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "\n".join(part.text for part in self.content)
 
 
 class ContinueFinalMessage(NullMeansDefault):
@@ -65,19 +66,34 @@ class ContinueFinalMessage(NullMeansDefault):
         return self
 
 
+class ChatPrompt(ContinueFinalMessage):
+    """A conversation to render with the chat template: the part of a body that chat completions and /tokenize
+    share, so both render a conversation to the same tokens."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for m in self.messages:
+            msg: dict[str, Any] = {"role": m.role, "content": m.text()}
+            if m.name is not None:
+                msg["name"] = m.name
+            out.append(msg)
+        return out
+
+
 class ResponseFormat(BaseModel):
     model_config = STRICT
     type: Literal["text"] = Field("text", description="Only plain text output is supported.")
 
 
-class ChatCompletionRequest(SamplingFields, ContinueFinalMessage):
+class ChatCompletionRequest(SamplingFields, ChatPrompt):
     # OpenAI's legacy function calling, and vLLM's chat `echo`, are not implemented either.
     unsupported_params: ClassVar[frozenset[str]] = UNSUPPORTED_VLLM_PARAMS | {"functions", "function_call", "echo"}
-    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    chat_template_kwargs: dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = Field(None, description="Tool calling is not supported: absent or empty.")
     tool_choice: Literal["none"] | None = None
@@ -103,12 +119,3 @@ class ChatCompletionRequest(SamplingFields, ContinueFinalMessage):
     @property
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
-
-    def template_messages(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for m in self.messages:
-            msg: dict[str, Any] = {"role": m.role, "content": m.text()}
-            if m.name is not None:
-                msg["name"] = m.name
-            out.append(msg)
-        return out

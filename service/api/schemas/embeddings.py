@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from service.api.schemas.sampling import STRICT, NonEmptyText, NullMeansDefault, TokenIds
+from service.errors import BadRequestError
 
 MAX_INPUTS = 2048
 
@@ -16,13 +17,24 @@ class EmbeddingRequest(NullMeansDefault):
     model: str | None = None
     input: (
         NonEmptyText
-        | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_INPUTS)]
+        | Annotated[list[NonEmptyText], Field(min_length=1)]
         | TokenIds
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
-    ) = Field(..., description="A string, a list of strings, a list of token ids, or a list of such lists.")
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    ) = Field(..., description=f"A string, a list of strings, a list of token ids, or a list of such lists (at most "
+                               f"{MAX_INPUTS} inputs).")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="Must equal the model's dimension if given.")
     user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _at_most_max_inputs(cls, value: object) -> object:
+        # Checked after the union matched, as for completions' prompts: as a branch's limit, too many inputs were
+        # reported as another branch's type error ("input.0: Input should be a valid integer").
+        if isinstance(value, list) and value and not isinstance(value[0], int) and len(value) > MAX_INPUTS:
+            raise BadRequestError(f"At most {MAX_INPUTS} inputs per request; this one has {len(value)}.",
+                                  param="input")
+        return value
 
     def inputs(self) -> list[str | list[int]]:
         v = self.input

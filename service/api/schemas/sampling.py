@@ -169,7 +169,8 @@ class SamplingFields(NullMeansDefault):
         if len(v) > MAX_LOGIT_BIAS_ENTRIES:
             raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries are allowed, got {len(v)}")
         for key, bias in v.items():
-            if not key.isdigit() or int(key) > 2**31 - 1:
+            # ASCII digits only: str.isdigit() also passes "²" (int() then fails) and "١٢" (int() reads 12).
+            if not (key.isascii() and key.isdigit()) or int(key) > 2**31 - 1:
                 raise ValueError("keys must be token ids written as decimal strings")
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"biases must be in [-100, 100], got {bias}")

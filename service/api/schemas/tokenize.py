@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, RootModel
 
-from service.api.schemas.chat import ChatMessage, ContinueFinalMessage
+from service.api.schemas.chat import ChatPrompt
 from service.api.schemas.sampling import STRICT, NullMeansDefault, TokenId
 
 MAX_DETOKENIZE_TOKENS = 1_000_000
@@ -20,18 +20,22 @@ class TokenizeTextRequest(NullMeansDefault):
     return_token_strs: bool = False
 
 
-class TokenizeChatRequest(ContinueFinalMessage):
-    """Messages are rendered with the chat template, then tokenized."""
+class TokenizeChatRequest(ChatPrompt):
+    """Messages are rendered with the chat template (as chat completions renders them), then tokenized."""
 
     model_config = STRICT
     model: str | None = None
-    messages: list[ChatMessage] = Field(..., min_length=1)
     return_token_strs: bool = False
-    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class TokenizeRequest(RootModel[TokenizeTextRequest | TokenizeChatRequest]):
-    """Either `prompt` (text) or `messages` (chat)."""
+    """Either `prompt` (text) or `messages` (chat), as the OpenAPI document shows the body."""
+
+    @staticmethod
+    def form_of(body: dict[str, Any]) -> type[TokenizeTextRequest] | type[TokenizeChatRequest]:
+        """The chat form for a body with `messages`: its errors then name its messages, where trying both forms
+        would report the text form's missing `prompt`."""
+        return TokenizeChatRequest if "messages" in body else TokenizeTextRequest
 
 
 class DetokenizeRequest(NullMeansDefault):
