@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.engine.sampler import Sampler, SamplingState
 from service.engine.sampling_params import SamplingParams
@@ -136,3 +138,49 @@ def test_penalties_discourage_repeats():
     s = state(temperature=0.0, presence_penalty=2.0)
     s.output_token_ids = [5]
     assert sampler.sample(logits.clone(), [s])[0][0] == 6
+
+
+VOCAB = 200
+
+# Every SamplingParams that validates, extremes included: whatever a request may ask, a step must sample it. (A
+# sampler error fails the whole step, every request in the batch with it.)
+_valid_params = st.builds(
+    SamplingParams,
+    max_tokens=st.just(64),
+    min_tokens=st.integers(0, 64),
+    temperature=st.one_of(st.sampled_from([0.0, 1e-39, 1e-5, 2.0]), st.floats(0.0, 2.0)),
+    top_p=st.one_of(st.sampled_from([1e-300, 1.0]), st.floats(0.0, 1.0, exclude_min=True)),
+    top_k=st.one_of(st.integers(0, VOCAB + 1), st.just(2**64)),
+    min_p=st.floats(0.0, 1.0),
+    repetition_penalty=st.one_of(st.sampled_from([5e-324, 1e-6, 2.0]), st.floats(0.0, 2.0, exclude_min=True)),
+    presence_penalty=st.floats(-2.0, 2.0),
+    frequency_penalty=st.floats(-2.0, 2.0),
+    seed=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    logprobs=st.one_of(st.none(), st.integers(0, 20)),
+    logit_bias=st.lists(st.tuples(st.integers(0, VOCAB - 1), st.floats(-100.0, 100.0)), max_size=300).map(tuple),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    params=st.lists(_valid_params, min_size=1, max_size=4),
+    history=st.lists(st.integers(0, VOCAB - 1), max_size=20),
+    stop_ids=st.frozensets(st.integers(0, VOCAB - 1), max_size=65),
+    scale=st.sampled_from([1.0, 30.0, 1e4]),
+)
+def test_any_valid_parameters_sample_a_token_in_the_vocabulary(params, history, stop_ids, scale):
+    sampler = Sampler(VOCAB, torch.device("cpu"), seed=0)
+    states = []
+    for p in params:
+        s = SamplingState(p, prompt_token_ids=[1, 2, 3], output_token_ids=list(history), stop_ids=stop_ids)
+        if p.seed is not None:
+            s.generator = sampler.new_generator(p.seed)
+        states.append(s)
+    logits = torch.randn(len(states), VOCAB, generator=torch.Generator().manual_seed(1)) * scale
+    tokens, logprobs = sampler.sample(logits, states)
+    assert all(0 <= t < VOCAB for t in tokens)
+    for t, lp, p in zip(tokens, logprobs, params, strict=True):
+        if p.logprobs is None:
+            assert lp is None
+        else:
+            assert lp is not None and lp.token_id == t and len(lp.top) == p.logprobs
