@@ -20,13 +20,23 @@ import orjson
 from loadtest.arrivals import RampStrategy, RampUp
 from loadtest.config import EndpointKind, LoadConfig, TargetConfig
 from loadtest.datasets import Dataset, prompts_dataset, random_dataset, sharegpt_dataset
-from loadtest.metrics import DEFAULT_PERCENTILES, GoodputSLO
+from loadtest.metrics import DEFAULT_PERCENTILES, LATENCY_METRICS, GoodputSLO, parse_percentile_metrics
 from loadtest.plots import plot_run, plot_sweep
-from loadtest.report import append_csv, build_result, format_sweep_table, format_table, write_detailed, write_json
+from loadtest.report import (
+    append_csv,
+    build_result,
+    check_csv,
+    format_sweep_table,
+    format_table,
+    write_detailed,
+    write_json,
+)
 from loadtest.runner import TargetUnusableError, run_load
-from loadtest.tokens import TokenCounter, resolve_counter
+from loadtest.tokens import LocalTokenizer, TokenCounter, resolve_counter
 
 SWEEP_KEYS = ("max-concurrency", "request-rate")
+DATASETS = ("random", "sharegpt", "prompts", "custom")  # custom: vLLM's name for a JSONL prompts file
+ALWAYS_PERCENTILE = 99.0  # the CSV's, the sweep table's and the sweep plot's percentile
 SECRET_ARGS = ("api_key", "header")
 
 
@@ -45,17 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Request format; default: from --endpoint (chat if it ends in chat/completions).")
     t.add_argument("--model", default=None, help="Model name to send; default: the first of GET /v1/models.")
     t.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="Bearer key (or $OPENAI_API_KEY).")
-    t.add_argument("--header", action="append", default=[], metavar="KEY=VALUE", help="Extra HTTP header; repeat.")
+    t.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                   help="Extra HTTP header, as 'Name=value' or 'Name: value' (split at whichever of '=' and ':' "
+                        "comes first); repeat.")
     t.add_argument("--extra-body", default=None, metavar="JSON", help="JSON object merged into every request body.")
-    t.add_argument("--disable-stream", action="store_true", help="Send stream=false (no TTFT/ITL then).")
+    t.add_argument("--disable-stream", action="store_true",
+                   help="Send stream=false: no TTFT, TPOT or ITL then (reported as none), and --goodput may bound "
+                        "only e2el.")
     t.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None,
                    help="Send ignore_eos (default: on for the random dataset, off otherwise).")
     t.add_argument("--temperature", type=float, default=None)
     t.add_argument("--top-p", type=float, default=None)
     t.add_argument("--top-k", type=int, default=None)
-    t.add_argument("--request-timeout", type=float, default=600.0, help="Seconds before a request counts as failed.")
+    t.add_argument("--request-timeout", type=float, default=600.0,
+                   help="Seconds (> 0) before a request counts as failed.")
     t.add_argument("--tokenizer", default=None,
-                   help="Local tokenizer directory, used when the target has no /tokenize.")
+                   help="Local tokenizer directory (it must exist), used when the target has no /tokenize.")
 
     lo = p.add_argument_group("load")
     lo.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight (closed loop).")
@@ -74,8 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--seed", type=int, default=0)
 
     d = p.add_argument_group("data")
-    d.add_argument("--dataset-name", choices=["random", "sharegpt", "prompts"], default="random")
-    d.add_argument("--dataset-path", default=None, help="ShareGPT JSON, or a prompts .txt/.jsonl file.")
+    d.add_argument("--dataset-name", choices=DATASETS, default="random",
+                   help="custom is vLLM's name for a JSONL file of prompts: the same as prompts here.")
+    d.add_argument("--dataset-path", default=None,
+                   help="ShareGPT JSON, or a prompts .txt (one prompt per line) or .jsonl (one string or "
+                        '{"prompt": ..., "max_tokens": N} object per line) file.')
     d.add_argument("--random-input-len", type=int, default=1024)
     d.add_argument("--random-output-len", type=int, default=128)
     d.add_argument("--random-range-ratio", type=float, default=0.0)
@@ -86,25 +104,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = p.add_argument_group("metrics and output")
     m.add_argument("--goodput", nargs="+", default=None, metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50.")
-    m.add_argument("--metric-percentiles", default=",".join(f"{x:g}" for x in DEFAULT_PERCENTILES))
+    m.add_argument("--metric-percentiles", default=",".join(f"{x:g}" for x in DEFAULT_PERCENTILES),
+                   help=f"Percentiles to report, in (0, 100]; p{ALWAYS_PERCENTILE:g} is always reported too, as the "
+                        "CSV's columns, the sweep table and the sweep plot use it.")
+    m.add_argument("--percentile-metrics", default=",".join(LATENCY_METRICS),
+                   help="Metrics whose percentiles are reported (vLLM's flag, e.g. ttft,tpot,itl,e2el); the rest "
+                        "get mean, median, std, min and max only, and blank p99 columns in the CSV.")
     m.add_argument("--save-result", action="store_true", help="Write the result JSON.")
-    m.add_argument("--save-detailed", action="store_true", help="Also write per-request JSONL.")
+    m.add_argument("--save-detailed", action="store_true",
+                   help="Also put vLLM's per-request lists (input_lens, output_lens, ttfts, itls, "
+                        "generated_texts, errors) into the result JSON, and write per-request JSONL beside it.")
     m.add_argument("--result-dir", default=".", help="Where result files go.")
     m.add_argument("--result-filename", default=None)
-    m.add_argument("--csv", default=None, metavar="PATH", help="Append one row of headline metrics per run.")
+    m.add_argument("--csv", default=None, metavar="PATH",
+                   help="Append one row of headline metrics per run, as each run finishes.")
     m.add_argument("--plot", default=None, metavar="DIR", help="Write PNG plots here.")
     m.add_argument("--disable-tqdm", action="store_true")
     return p
 
 
 def _headers(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """'Name=value' or 'Name: value': split at the first ':' if it comes before the first '=', else at the
+    first '=', so that a value may hold the other character ('Authorization: Bearer tok==')."""
     out = []
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep and ":" in item:
-            key, _, value = item.partition(":")
-        elif not sep:
-            raise ValueError(f"--header takes KEY=VALUE, got {item!r}")
+        colon, equals = item.find(":"), item.find("=")
+        if colon < 0 and equals < 0:
+            raise ValueError(f"--header takes 'Name=value' or 'Name: value', got {item!r}")
+        sep = ":" if colon >= 0 and (equals < 0 or colon < equals) else "="
+        key, _, value = item.partition(sep)
+        if not key.strip():
+            raise ValueError(f"--header {item!r} has no header name")
         out.append((key.strip(), value.strip()))
     return tuple(out)
 
@@ -150,10 +180,35 @@ def loads_from_args(args: argparse.Namespace) -> list[LoadConfig]:
 
 
 def parse_percentiles(text: str) -> tuple[float, ...]:
-    out = tuple(float(x) for x in text.split(",") if x.strip())
+    try:
+        out = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        out = ()
     if not out or any(not 0 < x <= 100 for x in out):
         raise ValueError(f"--metric-percentiles takes numbers in (0, 100], got {text!r}")
     return out
+
+
+def reported_percentiles(requested: tuple[float, ...]) -> tuple[float, ...]:
+    """The requested percentiles, with p99 added where missing: the CSV, the sweep table and plot show it."""
+    return requested if ALWAYS_PERCENTILE in requested else tuple(sorted({*requested, ALWAYS_PERCENTILE}))
+
+
+def backend_name(target: TargetConfig) -> str:
+    """vLLM's `--backend` value for the request format sent."""
+    return "openai-chat" if target.kind is EndpointKind.CHAT else "openai"
+
+
+def check_args(args: argparse.Namespace, slo: GoodputSLO | None) -> None:
+    """Usage errors that need no server: raised before anything is sent."""
+    if args.disable_stream and slo is not None and slo.streaming_metrics:
+        raise ValueError(f"--goodput {', '.join(slo.streaming_metrics)}: there is no TTFT or TPOT without "
+                         "streaming; drop --disable-stream or bound only e2el")
+    if args.tokenizer and not Path(args.tokenizer).exists():
+        raise ValueError(f"--tokenizer {args.tokenizer}: no such file or directory "
+                         "(it takes a local tokenizer directory)")
+    if args.csv:
+        check_csv(Path(args.csv))
 
 
 async def fetch_server_info(session: aiohttp.ClientSession, target: TargetConfig) -> dict[str, Any]:
@@ -185,7 +240,7 @@ async def load_dataset(args: argparse.Namespace, counter: TokenCounter | None, n
     path = Path(args.dataset_path)
     if args.dataset_name == "sharegpt":
         return await sharegpt_dataset(path, n, args.seed, counter, args.sharegpt_output_len)
-    return await prompts_dataset(path, n, args.prompts_output_len, counter)
+    return await prompts_dataset(path, n, args.prompts_output_len, counter)  # "prompts" or vLLM's "custom"
 
 
 def _safe_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,7 +269,9 @@ async def async_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     target = target_from_args(args)
     loads = loads_from_args(args)
     slo = GoodputSLO.parse(args.goodput) if args.goodput else None
-    percentiles = parse_percentiles(args.metric_percentiles)
+    percentiles = reported_percentiles(parse_percentiles(args.metric_percentiles))
+    percentile_metrics = parse_percentile_metrics(args.percentile_metrics)
+    check_args(args, slo)
     sweep = args.sweep is not None
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     results: list[dict[str, Any]] = []
@@ -224,6 +281,7 @@ async def async_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         if model is None:
             raise TargetUnusableError(f"no --model given and {target.url('/v1/models')} named none: {server_info}")
         counter = await resolve_counter(session, target, model, args.tokenizer)
+        tokenizer_id = None if counter is None else args.tokenizer if isinstance(counter, LocalTokenizer) else model
         dataset = await load_dataset(args, counter, max(load.num_prompts for load in loads))
         ignore_eos = dataset.ignore_eos_default if args.ignore_eos is None else args.ignore_eos
         target = replace(target, model=model, ignore_eos=ignore_eos)
@@ -232,7 +290,9 @@ async def async_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                                  show_progress=not args.disable_tqdm)
             result = build_result(run, target_url=target.endpoint_url, model=model, args=_safe_args(args),
                                   server_info=server_info, prompt_len_source=dataset.prompt_len_source,
-                                  percentiles=percentiles)
+                                  percentiles=percentiles, percentile_metrics=percentile_metrics,
+                                  backend=backend_name(target), tokenizer_id=tokenizer_id,
+                                  detailed=args.save_detailed)
             print(format_table(result, percentiles), flush=True)
             if args.save_result or args.save_detailed:
                 path = _result_path(args, model, load.label, sweep)
@@ -242,11 +302,11 @@ async def async_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     detailed = path.with_suffix(".requests.jsonl")
                     write_detailed(detailed, run.records, run.t0)
                     print(f"per-request: {detailed}")
+            if args.csv:
+                append_csv(Path(args.csv), [result])  # now, so an interrupted sweep keeps the finished runs
             if args.plot:
                 plot_run(run.records, run.t0, Path(args.plot), prefix=f"{load.label}-" if sweep else "")
             results.append(result)
-    if args.csv:
-        append_csv(Path(args.csv), results)
     if sweep:
         print(format_sweep_table(results))
         if args.plot:
@@ -266,7 +326,7 @@ def _run(argv: Sequence[str] | None) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         _run(argv)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad flags or input files (FileNotFoundError is an OSError)
         print(f"hfserve-loadtest: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except TargetUnusableError as exc:

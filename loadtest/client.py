@@ -2,7 +2,11 @@
 
 Each content-bearing SSE frame is stamped with `time.perf_counter()` the moment its line is read, so TTFT and
 ITL are measured at the client socket with nothing in between. Frames without content (a chat role header,
-the usage frame, `[DONE]`) are read but not timed as tokens.
+the usage frame, `[DONE]`) are read but not timed as tokens; the end of the response (E2EL) is the last frame
+with any choices, as vLLM takes it, so a closing frame that carries only `finish_reason` counts.
+
+A frame or body of the wrong shape (not a JSON object, `choices` not a list of objects, ...) fails that request
+with "bad response: ..."; it never stops the run.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class RequestRecord:
     chunk_times: list[float] = field(default_factory=list)
     chunk_tokens: list[int | None] = field(default_factory=list)  # None: the chunk did not say
     chunk_texts: list[str] = field(default_factory=list)
+    last_frame: float | None = None  # the last frame with choices, content or not (None: none came)
     usage_prompt_tokens: int | None = None
     usage_completion_tokens: int | None = None
     output_tokens: int = 0
@@ -70,13 +75,20 @@ class RequestRecord:
 
     @property
     def ttft(self) -> float | None:
-        """First content chunk minus send. Without streaming, the content arrives with the whole body."""
-        return self.chunk_times[0] - self.sent if self.chunk_times else None
+        """First content chunk minus send; None without streaming (the text comes with the whole body)."""
+        if not self.streamed or not self.chunk_times:
+            return None
+        return self.chunk_times[0] - self.sent
 
     @property
     def e2el(self) -> float:
-        """Send to the last content chunk (as vLLM measures it); to the end of the body without streaming."""
-        return (self.chunk_times[-1] if self.chunk_times else self.done) - self.sent
+        """Send to the last frame with choices, whether it carried text or only a finish_reason (as vLLM
+        measures it), so not to `[DONE]` or a usage-only frame; to the end of the body without streaming."""
+        if self.last_frame is not None:
+            end = self.last_frame
+        else:
+            end = self.chunk_times[-1] if self.chunk_times else self.done
+        return end - self.sent
 
     @property
     def itl(self) -> list[float]:
@@ -98,12 +110,11 @@ class RequestRecord:
 
     @property
     def tpot(self) -> float | None:
-        """(E2EL - TTFT) / (output tokens - 1); 0 for a single token (vLLM's convention)."""
+        """(E2EL - TTFT) / (output tokens - 1); None without streaming or for a single token, which has no
+        time per output token (vLLM leaves it out of TPOT too, and counts it as 0 only for goodput)."""
         ttft = self.ttft
-        if not self.streamed or ttft is None:
+        if ttft is None or self.output_tokens <= 1:
             return None
-        if self.output_tokens <= 1:
-            return 0.0
         return (self.e2el - ttft) / (self.output_tokens - 1)
 
     def fail(self, code: str, message: str) -> None:
@@ -131,11 +142,29 @@ def build_body(target: TargetConfig, prompt: str, max_tokens: int, model: str) -
     return body
 
 
-def _content(kind: EndpointKind, choice: dict[str, Any]) -> str:
+class BadResponseError(ValueError):
+    """A response frame or body of a shape no OpenAI-compatible server sends."""
+
+
+def _snippet(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _content(kind: EndpointKind, choice: object) -> str:
+    if not isinstance(choice, dict):
+        raise BadResponseError(f"bad response: a choice is not a JSON object: {_snippet(choice)}")
     if kind is EndpointKind.CHAT:
         delta = choice.get("delta") or choice.get("message") or {}
+        if not isinstance(delta, dict):
+            raise BadResponseError(f"bad response: a choice's delta/message is not a JSON object: {_snippet(delta)}")
         return str(delta.get("content") or delta.get("reasoning_content") or "")
     return str(choice.get("text") or "")
+
+
+def _count(value: object) -> int | None:
+    """A usage count if it is one (an integer, not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _error_of(payload: dict[str, Any]) -> tuple[str, str] | None:
@@ -154,20 +183,28 @@ class _Reader:
         self.record = record
         self.kind = kind
 
-    def apply(self, payload: dict[str, Any], now: float) -> bool:
-        """Record one payload; False if it was an error frame."""
+    def apply(self, payload: object, now: float) -> bool:
+        """Record one payload; False if it was an error frame. Raises BadResponseError for a payload of the
+        wrong shape."""
         rec = self.record
+        if not isinstance(payload, dict):
+            raise BadResponseError(f"bad response: expected a JSON object, got {_snippet(payload)}")
         err = _error_of(payload)
         if err is not None:
             rec.fail(*err)
             return False
+        choices = payload.get("choices")
+        if choices is not None and not isinstance(choices, list):
+            raise BadResponseError(f"bad response: 'choices' is not a list: {_snippet(choices)}")
         usage = payload.get("usage")
         if isinstance(usage, dict):
-            if usage.get("prompt_tokens") is not None:
-                rec.usage_prompt_tokens = int(usage["prompt_tokens"])
-            if usage.get("completion_tokens") is not None:
-                rec.usage_completion_tokens = int(usage["completion_tokens"])
-        for choice in payload.get("choices") or []:
+            if (n := _count(usage.get("prompt_tokens"))) is not None:
+                rec.usage_prompt_tokens = n
+            if (n := _count(usage.get("completion_tokens"))) is not None:
+                rec.usage_completion_tokens = n
+        if choices:
+            rec.last_frame = now
+        for choice in choices or []:
             text = _content(self.kind, choice)
             if not text:
                 continue
@@ -206,8 +243,10 @@ async def send_request(session: aiohttp.ClientSession, target: TargetConfig, mod
         record.fail("timeout", f"no complete response within {target.request_timeout_s}s")
     except aiohttp.ClientError as exc:
         record.fail(type(exc).__name__, str(exc) or type(exc).__name__)
-    except (orjson.JSONDecodeError, ValueError) as exc:
+    except BadResponseError as exc:
         record.fail("bad_response", str(exc))
+    except ValueError as exc:  # orjson.JSONDecodeError among them
+        record.fail("bad_response", f"bad response: {exc}")
     record.done = time.perf_counter()
     if record.outcome is Outcome.PENDING:
         if record.chunk_times:

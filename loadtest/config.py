@@ -40,6 +40,8 @@ class TargetConfig:
             raise ValueError(f"--base-url must start with http:// or https://, got {self.base_url!r}")
         if not self.endpoint.startswith("/"):
             raise ValueError(f"--endpoint must start with '/', got {self.endpoint!r}")
+        if not (math.isfinite(self.request_timeout_s) and self.request_timeout_s > 0):
+            raise ValueError(f"--request-timeout must be a number of seconds > 0, got {self.request_timeout_s}")
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path

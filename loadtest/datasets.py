@@ -1,5 +1,5 @@
 """Where prompts come from (`--dataset-name`): `random` text of measured length, a user's `sharegpt` file, or
-a `prompts` file (plain text, one per line, or JSONL).
+a `prompts` file (plain text, one per line, or JSONL; vLLM's `custom` dataset is the JSONL case).
 
 `random` builds prompts from seeded English words rather than random token ids, so the same workload works on
 any server whatever its vocabulary; each prompt is then grown or shrunk a word at a time until the target's
@@ -105,20 +105,45 @@ async def random_dataset(n: int, input_len: int, output_len: int, range_ratio: f
     return Dataset(samples, counter.source, True)
 
 
+def _read_text(path: Path) -> str:
+    """A dataset file's text, or a ValueError that names the file and what is wrong with it."""
+    if path.is_dir():
+        raise ValueError(f"--dataset-path {path} is a directory; give the dataset file itself")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"--dataset-path {path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"--dataset-path {path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _turn_text(path: Path, i: int, turn: object) -> object:
+    if not isinstance(turn, dict):
+        raise ValueError(f"{path}: conversation {i}: each turn must be an object with a 'value' (or 'content'), "
+                         f"got {type(turn).__name__} {str(turn)[:40]!r}")
+    return turn.get("value") if "value" in turn else turn.get("content")
+
+
 def _sharegpt_pairs(path: Path) -> list[tuple[str, str]]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: a ShareGPT file is a JSON list of conversations")
     pairs = []
-    for entry in data:
+    for i, entry in enumerate(data):
         if not isinstance(entry, dict):
-            continue
+            raise ValueError(f"{path}: conversation {i} is not a JSON object: {str(entry)[:40]!r}")
         turns = entry.get("conversations") or entry.get("conversation") or []
+        if not isinstance(turns, list):
+            raise ValueError(f"{path}: conversation {i}: 'conversations' must be a list of turns, "
+                             f"got {type(turns).__name__}")
         if len(turns) < 2:
             continue
-        first, second = turns[0], turns[1]
-        prompt = first.get("value") if "value" in first else first.get("content")
-        reply = second.get("value") if "value" in second else second.get("content")
+        prompt, reply = _turn_text(path, i, turns[0]), _turn_text(path, i, turns[1])
         if isinstance(prompt, str) and isinstance(reply, str):
             pairs.append((prompt, reply))
     return pairs
@@ -127,6 +152,8 @@ def _sharegpt_pairs(path: Path) -> list[tuple[str, str]]:
 async def sharegpt_dataset(path: Path, n: int, seed: int, counter: TokenCounter | None,
                            fixed_output_len: int | None) -> Dataset:
     """First human turn as prompt, first reply's length as output length; vLLM's filters on length."""
+    if fixed_output_len is not None and fixed_output_len < 1:
+        raise ValueError(f"--sharegpt-output-len must be >= 1, got {fixed_output_len}")
     pairs = _sharegpt_pairs(path)
     random.Random(seed).shuffle(pairs)
     samples: list[SampleRequest] = []
@@ -150,29 +177,52 @@ async def sharegpt_dataset(path: Path, n: int, seed: int, counter: TokenCounter 
     return Dataset(samples, source, False)
 
 
+def _output_len(path: Path, lineno: int, obj: dict[str, Any], default: int) -> int:
+    key = "max_tokens" if "max_tokens" in obj else "output_len" if "output_len" in obj else None
+    if key is None:
+        return default
+    value = obj[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{path}:{lineno}: {key!r} must be a whole number of tokens >= 1, got {json.dumps(value)}")
+    return value
+
+
 def _prompt_lines(path: Path, default_output_len: int) -> list[tuple[str, int]]:
+    """`.jsonl`/`.ndjson`: one JSON string, or object with a 'prompt' (or 'text') and optionally 'max_tokens'
+    (or 'output_len'), per line. Any other file but `.json`: one prompt per line."""
+    if path.suffix == ".json":
+        raise ValueError(f"{path}: a prompts file is plain text (one prompt per line) or JSON Lines (.jsonl, one "
+                         "string or object per line), not one JSON document; for a ShareGPT file use "
+                         "--dataset-name sharegpt")
     out = []
     jsonl = path.suffix in (".jsonl", ".ndjson")
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         if not jsonl:
             out.append((line.strip(), default_output_len))
             continue
-        obj: Any = json.loads(line)
+        try:
+            obj: Any = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
         if isinstance(obj, str):
             out.append((obj, default_output_len))
             continue
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: each JSONL line must be a string or an object with a 'prompt', "
+                             f"got {type(obj).__name__}: {line.strip()[:60]}")
         prompt = obj.get("prompt", obj.get("text"))
         if not isinstance(prompt, str):
-            raise ValueError(f"{path}: each JSONL line needs a 'prompt' (or 'text') string: {line[:80]}")
-        length = obj.get("max_tokens", obj.get("output_len", default_output_len))
-        out.append((prompt, int(length)))
+            raise ValueError(f"{path}:{lineno}: each JSONL line needs a 'prompt' (or 'text') string: {line[:80]}")
+        out.append((prompt, _output_len(path, lineno, obj, default_output_len)))
     return out
 
 
 async def prompts_dataset(path: Path, n: int, output_len: int, counter: TokenCounter | None) -> Dataset:
     """Prompts in file order, cycled to n."""
+    if output_len < 1:
+        raise ValueError(f"--prompts-output-len must be >= 1, got {output_len}")
     lines = _prompt_lines(path, output_len)
     if not lines:
         raise ValueError(f"{path}: no prompts")

@@ -7,12 +7,13 @@ import csv
 import os
 import platform
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from loadtest.client import RequestRecord
+from loadtest.client import Outcome, RequestRecord
 from loadtest.metrics import DEFAULT_PERCENTILES, LATENCY_METRICS, percentile_key
 from loadtest.runner import RunResult, rate_for_json
 
@@ -54,20 +55,56 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
+def vllm_date(iso: str) -> str:
+    """vLLM's `date`: local time as %Y%m%d-%H%M%S, from an ISO timestamp."""
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y%m%d-%H%M%S")
+
+
+def per_request_lists(records: list[RequestRecord]) -> dict[str, list[Any]]:
+    """vLLM's per-request lists (its `--save-detailed`), one entry per timed request in order; times in
+    seconds. A request that did not succeed has output length 0, TTFT 0.0 and no ITLs, as in vLLM; a successful
+    request without streaming has TTFT None (there is none to measure)."""
+    out: dict[str, list[Any]] = {k: [] for k in ("input_lens", "output_lens", "ttfts", "itls", "generated_texts",
+                                                 "errors")}
+    for r in records:
+        ok = r.outcome is Outcome.SUCCESS
+        out["input_lens"].append(r.input_tokens)
+        out["output_lens"].append(r.output_tokens if ok else 0)
+        out["ttfts"].append(r.ttft if ok else 0.0)
+        out["itls"].append(r.itl if ok else [])
+        out["generated_texts"].append(r.text)
+        error = r.error
+        if r.outcome is Outcome.ABORTED:
+            error = f"aborted by the harness after {len(r.chunk_times)} chunks"
+        out["errors"].append(error)
+    return out
+
+
 def build_result(run: RunResult, *, target_url: str, model: str, args: dict[str, Any],
                  server_info: dict[str, Any], prompt_len_source: str,
-                 percentiles: tuple[float, ...] = DEFAULT_PERCENTILES) -> dict[str, Any]:
+                 percentiles: tuple[float, ...] = DEFAULT_PERCENTILES,
+                 percentile_metrics: tuple[str, ...] = LATENCY_METRICS, backend: str = "openai",
+                 tokenizer_id: str | None = None, detailed: bool = False) -> dict[str, Any]:
     m = run.metrics
     result: dict[str, Any] = {
-        "date": run.started_at,
+        "date": vllm_date(run.started_at),
+        "endpoint_type": backend,
+        "backend": backend,
         "label": run.load.label,
         "backend_url": target_url,
         "model_id": model,
+        "tokenizer_id": tokenizer_id,
         "num_prompts": len(run.records),
         "request_rate": rate_for_json(run.load.request_rate),
         "burstiness": run.load.burstiness,
         "max_concurrency": run.load.max_concurrency,
-        **m.to_dict(percentiles),
+    }
+    ramp = run.load.ramp_up
+    if ramp is not None:
+        result.update(ramp_up_strategy=ramp.strategy.value, ramp_up_start_rps=ramp.start_rps,
+                      ramp_up_end_rps=ramp.end_rps)
+    result.update({
+        **m.to_dict(percentiles, percentile_metrics),
         "fault_check": run.fault_report.to_dict() if run.fault_report else None,
         "prompt_len_source": prompt_len_source,
         "metadata": {
@@ -78,7 +115,9 @@ def build_result(run: RunResult, *, target_url: str, model: str, args: dict[str,
             "git_commit": git_commit(),
             "machine": machine_info(),
         },
-    }
+    })
+    if detailed:
+        result.update(per_request_lists(run.records))
     notes = []
     if any(k != "usage" for k in m.token_sources):
         notes.append(f"output tokens not all from the server's usage: {m.token_sources}")
@@ -183,15 +222,22 @@ def write_detailed(path: Path, records: list[RequestRecord], t0: float) -> None:
             f.write(orjson.dumps(row) + b"\n")
 
 
-def append_csv(path: Path, results: list[dict[str, Any]]) -> None:
-    """One row per run; appends under the same header if the file exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def check_csv(path: Path) -> bool:
+    """Whether `path` already holds rows; ValueError if it holds other columns than ours."""
     exists = path.exists() and path.stat().st_size > 0
     if exists:
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])
         if tuple(header) != CSV_COLUMNS:
             raise ValueError(f"{path} exists with other columns; pick another --csv file")
+    return exists
+
+
+def append_csv(path: Path, results: list[dict[str, Any]]) -> None:
+    """One row per run; appends under the same header if the file exists. The CLI calls it as each run
+    finishes, so an interrupted sweep keeps the rows of the runs that did."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exists = check_csv(path)
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         if not exists:

@@ -56,6 +56,8 @@ class RemoteTokenizer:
             if resp.status != 200:
                 raise RuntimeError(f"/tokenize answered {resp.status}: {(await resp.text())[:200]}")
             payload = orjson.loads(await resp.read())
+        if not isinstance(payload, dict):
+            raise RuntimeError(f"/tokenize answered with no JSON object: {str(payload)[:200]}")
         if isinstance(payload.get("count"), int):
             return int(payload["count"])
         if isinstance(payload.get("tokens"), list):
@@ -78,15 +80,26 @@ class LocalTokenizer:
 
 
 def _load_encoder(path: str) -> Any:
+    """An encode function from a local tokenizer directory (or tokenizer.json); ValueError, naming the path,
+    when there is none to load."""
+    where = Path(path)
+    if not where.exists():
+        raise ValueError(f"--tokenizer {path}: no such file or directory (it takes a local tokenizer directory)")
     try:
         from transformers import AutoTokenizer
     except ImportError:
         from tokenizers import Tokenizer
 
-        file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
-        tok = Tokenizer.from_file(str(file))
+        file = where / "tokenizer.json" if where.is_dir() else where
+        try:
+            tok = Tokenizer.from_file(str(file))
+        except Exception as exc:  # noqa: BLE001  (tokenizers raises its own exception types)
+            raise ValueError(f"--tokenizer {path}: cannot load a tokenizer from {file}: {exc}") from None
         return lambda text, special: tok.encode(text, add_special_tokens=special).ids
-    hf = AutoTokenizer.from_pretrained(path)
+    try:
+        hf = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001  (transformers raises OSError, ValueError, KeyError, ...)
+        raise ValueError(f"--tokenizer {path}: cannot load a tokenizer from it: {exc}") from None
     return lambda text, special: hf.encode(text, add_special_tokens=special)
 
 

@@ -84,6 +84,9 @@ def test_target_config_validation() -> None:
         TargetConfig("localhost:8000")
     with pytest.raises(ValueError, match="endpoint"):
         TargetConfig("http://h", endpoint="v1/completions")
+    for timeout in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="request-timeout"):
+            TargetConfig("http://h", request_timeout_s=timeout)
 
 
 def record() -> RequestRecord:

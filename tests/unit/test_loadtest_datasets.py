@@ -84,3 +84,60 @@ async def test_prompt_files(tmp_path: Path) -> None:
     jsonl.write_text(json.dumps({"prompt": "a b c", "max_tokens": 3}) + "\n" + json.dumps({"text": "d e"}) + "\n")
     ds = await prompts_dataset(jsonl, 2, 12, counter=CharCounter())
     assert [(s.prompt, s.output_len, s.prompt_len) for s in ds.samples] == [("a b c", 3, 3), ("d e", 12, 2)]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ([{"conversations": ["hello there", "hi"]}], r"conversation 0: each turn must be an object"),
+    ([{"conversations": "hello"}], r"conversation 0: 'conversations' must be a list"),
+    (["not a conversation"], r"conversation 0 is not a JSON object"),
+    ({"conversations": []}, r"a JSON list of conversations"),
+])
+async def test_malformed_sharegpt_files_are_refused_clearly(tmp_path: Path, data: object, message: str) -> None:
+    path = write(tmp_path / "sg.json", json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        await sharegpt_dataset(path, 4, seed=0, counter=None, fixed_output_len=None)
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    (['{"prompt": "a"}', '["a", "list"]'], r"p\.jsonl:2: each JSONL line must be a string or an object"),
+    (['{"prompt": "a", "max_tokens": null}'], r"p\.jsonl:1: 'max_tokens' must be a whole number of tokens >= 1, "
+                                              r"got null"),
+    (['{"prompt": "a", "max_tokens": 0}'], r"'max_tokens' must be a whole number of tokens >= 1, got 0"),
+    (['{"prompt": "a", "output_len": "12"}'], r"'output_len' must be a whole number"),
+    (['{"prompt": "a", "max_tokens": true}'], r"'max_tokens' must be a whole number"),
+    (['{"prompt": "a"}', '{"prompt": "b",}', '{"prompt": "c"}'], r"p\.jsonl:2: not valid JSON"),
+    (['{"prompt": 3}'], r"p\.jsonl:1: each JSONL line needs a 'prompt'"),
+])
+async def test_malformed_jsonl_prompts_name_the_file_and_line(tmp_path: Path, lines: list[str], message: str) -> None:
+    path = write(tmp_path / "p.jsonl", "\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message):
+        await prompts_dataset(path, 2, 12, counter=None)
+
+
+async def test_a_json_prompts_file_is_refused_not_read_as_text(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.json", json.dumps(["first", "second"]))
+    with pytest.raises(ValueError, match=r"p\.json: a prompts file is plain text .* or JSON Lines"):
+        await prompts_dataset(path, 2, 12, counter=None)
+
+
+async def test_a_directory_or_a_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is a directory"):
+        await prompts_dataset(tmp_path, 2, 12, counter=None)
+    with pytest.raises(ValueError, match="is a directory"):
+        await sharegpt_dataset(tmp_path, 2, seed=0, counter=None, fixed_output_len=None)
+    with pytest.raises(ValueError, match="no such file"):
+        await prompts_dataset(tmp_path / "nope.txt", 2, 12, counter=None)
+
+
+async def test_output_lengths_below_one_are_refused(tmp_path: Path) -> None:
+    txt = write(tmp_path / "p.txt", "a prompt\n")
+    with pytest.raises(ValueError, match="prompts-output-len"):
+        await prompts_dataset(txt, 2, 0, counter=None)
+    sg = write(tmp_path / "sg.json", json.dumps([{"conversations": [{"value": "x " * 9}, {"value": "y " * 9}]}]))
+    with pytest.raises(ValueError, match="sharegpt-output-len"):
+        await sharegpt_dataset(sg, 2, seed=0, counter=None, fixed_output_len=0)

@@ -10,6 +10,7 @@ from loadtest.metrics import (
     allocate,
     compute_metrics,
     concurrency_steps,
+    parse_percentile_metrics,
     percentile_key,
     summarize,
     tokens_per_bucket,
@@ -21,7 +22,7 @@ T0 = 100.0  # perf_counter() values are arbitrary offsets; nothing may depend on
 def make_record(sent: float, chunks: list[float], tokens: list[int | None] | None = None, *,
                 usage: int | None = None, prompt: int = 10, outcome: Outcome = Outcome.SUCCESS,
                 due: float | None = None, done: float | None = None, code: str = "",
-                streamed: bool = True) -> RequestRecord:
+                streamed: bool = True, last_frame: float | None = None) -> RequestRecord:
     rec = RequestRecord(index=0, prompt="p", prompt_len=prompt, max_tokens=64)
     rec.sent = T0 + sent
     rec.due = T0 + (due if due is not None else sent)
@@ -29,6 +30,7 @@ def make_record(sent: float, chunks: list[float], tokens: list[int | None] | Non
     rec.chunk_tokens = list(tokens) if tokens is not None else [1] * len(chunks)
     rec.chunk_texts = ["x"] * len(chunks)
     rec.done = T0 + (done if done is not None else (chunks[-1] if chunks else sent))
+    rec.last_frame = T0 + last_frame if last_frame is not None else None
     rec.outcome = outcome
     rec.error_code = code
     rec.streamed = streamed
@@ -47,11 +49,56 @@ def test_per_request_definitions() -> None:
     assert rec.tpot == pytest.approx((0.6 - 0.2) / (5 - 1))
 
 
-def test_single_token_tpot_is_zero_and_non_streamed_has_no_itl() -> None:
-    assert make_record(0.0, [0.5], usage=1).tpot == 0.0
-    rec = make_record(0.0, [0.8], usage=7, streamed=False)
-    assert rec.ttft == pytest.approx(0.8)  # the text arrives with the whole body
+def test_e2el_ends_at_the_last_frame_with_choices_even_without_text() -> None:
+    # Text at 0.2 and 0.3; a finish frame with empty text at 0.5; the usage frame and [DONE] at 0.6.
+    rec = make_record(0.0, [0.2, 0.3], usage=2, last_frame=0.5, done=0.6)
+    assert rec.e2el == pytest.approx(0.5)
+    assert rec.ttft == pytest.approx(0.2)
+    assert rec.tpot == pytest.approx((0.5 - 0.2) / (2 - 1))
+    assert rec.itl == pytest.approx([0.1])
+
+
+def test_single_token_has_no_tpot_and_non_streamed_has_no_ttft_tpot_or_itl() -> None:
+    assert make_record(0.0, [0.5], usage=1).tpot is None
+    rec = make_record(0.0, [0.8], usage=7, streamed=False, last_frame=0.8, done=0.8)
+    assert rec.ttft is None  # the text arrives with the whole body: there is no first token to time
     assert rec.itl == [] and rec.itl_per_token == [] and rec.tpot is None
+    assert rec.e2el == pytest.approx(0.8)
+
+
+def test_tpot_leaves_out_single_token_requests_but_goodput_counts_them_as_zero() -> None:
+    records = [
+        make_record(0.0, [0.1, 0.3], usage=2),  # tpot 200 ms
+        make_record(0.0, [0.1, 0.5], usage=2),  # tpot 400 ms
+        make_record(0.0, [0.2], usage=1),  # one token: no TPOT
+    ]
+    m = compute_metrics(records, duration=1.0, t0=T0, slo=GoodputSLO.parse(["tpot:300"]))
+    tpot = m.stats["tpot"]
+    assert tpot is not None and tpot.count == 2
+    assert tpot.mean == pytest.approx(300.0) and tpot.min == pytest.approx(200.0)
+    assert m.good == 2  # the 200 ms one and the single-token one (TPOT 0 for goodput, as vLLM)
+
+
+def test_non_streamed_run_reports_no_ttft_tpot_or_itl() -> None:
+    records = [make_record(0.0, [0.4], usage=5, streamed=False), make_record(0.0, [0.6], usage=5, streamed=False)]
+    d = compute_metrics(records, duration=1.0, t0=T0).to_dict()
+    for name in ("ttft", "tpot", "itl", "itl_per_token"):
+        assert d[f"mean_{name}_ms"] is None and d[f"p99_{name}_ms"] is None, name
+    assert d["mean_e2el_ms"] == pytest.approx(500.0)
+    slo = GoodputSLO.parse(["ttft:1000", "e2el:1000"])
+    assert slo.streaming_metrics == ["ttft"]
+    assert GoodputSLO.parse(["e2el:1000"]).streaming_metrics == []
+
+
+def test_percentiles_only_for_the_selected_metrics() -> None:
+    m = compute_metrics([make_record(0.0, [0.1, 0.2], usage=2)], duration=1.0, t0=T0, percentiles=(50.0, 99.0))
+    d = m.to_dict((50.0, 99.0), ("ttft", "e2el"))
+    assert d["p99_ttft_ms"] == pytest.approx(100.0) and "p50_e2el_ms" in d
+    assert "p99_itl_ms" not in d and "p50_tpot_ms" not in d
+    assert d["mean_itl_ms"] == pytest.approx(100.0)  # mean, median, std, min and max for every metric
+    assert parse_percentile_metrics("ttft,tpot,itl,e2el") == ("ttft", "tpot", "itl", "e2el")
+    with pytest.raises(ValueError, match="percentile-metrics"):
+        parse_percentile_metrics("ttft,latency")
 
 
 def test_aggregates_over_successful_requests_only() -> None:
