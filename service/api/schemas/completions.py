@@ -6,9 +6,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from service.api.schemas.sampling import NonEmptyText, SamplingFields, TokenIds
+from service.api.schemas.sampling import NonEmptyText, SamplingFields, TokenIds, at_most_inputs
 from service.engine.sampling_params import MAX_TOP_LOGPROBS
-from service.errors import BadRequestError
 
 MAX_PROMPTS = 64
 
@@ -31,12 +30,7 @@ class CompletionRequest(SamplingFields):
     @field_validator("prompt")
     @classmethod
     def _at_most_max_prompts(cls, prompt: object) -> object:
-        # Checked after the union matched: as a union branch's limit, too many prompts were reported as a type
-        # error of another branch ("prompt.0: Input should be a valid integer").
-        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) and len(prompt) > MAX_PROMPTS:
-            raise BadRequestError(f"At most {MAX_PROMPTS} prompts per request; this one has {len(prompt)}.",
-                                  param="prompt")
-        return prompt
+        return at_most_inputs(prompt, MAX_PROMPTS, "prompt", "prompts")
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a list of single prompts (text or token ids)."""

@@ -6,8 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from service.api.schemas.sampling import STRICT, NonEmptyText, NullMeansDefault, TokenIds
-from service.errors import BadRequestError
+from service.api.schemas.sampling import STRICT, NonEmptyText, NullMeansDefault, TokenIds, at_most_inputs
 
 MAX_INPUTS = 2048
 
@@ -29,12 +28,7 @@ class EmbeddingRequest(NullMeansDefault):
     @field_validator("input")
     @classmethod
     def _at_most_max_inputs(cls, value: object) -> object:
-        # Checked after the union matched, as for completions' prompts: as a branch's limit, too many inputs were
-        # reported as another branch's type error ("input.0: Input should be a valid integer").
-        if isinstance(value, list) and value and not isinstance(value[0], int) and len(value) > MAX_INPUTS:
-            raise BadRequestError(f"At most {MAX_INPUTS} inputs per request; this one has {len(value)}.",
-                                  param="input")
-        return value
+        return at_most_inputs(value, MAX_INPUTS, "input", "inputs")
 
     def inputs(self) -> list[str | list[int]]:
         v = self.input

@@ -17,7 +17,7 @@ from service.engine.sampling_params import (
     MAX_STOP_STRINGS,
     SamplingParams,
 )
-from service.errors import InvalidParameterError
+from service.errors import BadRequestError, InvalidParameterError
 
 INT64_MIN = -(2**63)
 UINT64_MAX = 2**64 - 1
@@ -27,6 +27,16 @@ MAX_STOP_TOKEN_IDS = 64
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
+def at_most_inputs(value: object, limit: int, param: str, noun: str) -> object:
+    """A prompt-like field (text, token ids, or a list of either) holding at most `limit` of them.
+
+    Checked after the union matched: as a union branch's max_length, too many inputs were reported as another
+    branch's type error ("prompt.0: Input should be a valid integer")."""
+    if isinstance(value, list) and value and not isinstance(value[0], int) and len(value) > limit:
+        raise BadRequestError(f"At most {limit} {noun} per request; this one has {len(value)}.", param=param)
+    return value
 
 EMPTY: Mapping[str, float | int] = MappingProxyType({})
 
