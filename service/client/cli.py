@@ -5,8 +5,9 @@
     hfserve-client embed "first text" "second text"
     hfserve-client health
 
-Exit status: 0 on success, 1 on an API error (one line on stderr) or an unhealthy server, 2 on bad usage,
-130 on Ctrl-C.
+Exit status: 0 on success, 1 on an API error (one line on stderr) or an unhealthy server, 2 on bad usage (one
+line on stderr), 130 on Ctrl-C, 141 when whoever reads the output stops reading (`| head`), quietly, as a
+process killed by SIGPIPE would. The output is only the results; logs (a retry, say) go to stderr.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import orjson
+import structlog
 
 from service.client.client import AsyncClient, default_api_key, default_base_url
 from service.client.errors import APIError
@@ -31,6 +34,12 @@ SAMPLING_FLAGS: tuple[tuple[str, type], ...] = (
     ("max_tokens", int), ("temperature", float), ("top_p", float), ("top_k", int), ("min_p", float),
     ("seed", int), ("presence_penalty", float), ("frequency_penalty", float), ("repetition_penalty", float),
 )
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
+
+
+class UsageError(ValueError):
+    """Arguments that cannot make a sensible request; caught by main() as exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(complete)
     complete.add_argument("--logprobs", type=int, default=None, help="return logprobs with this many alternatives")
     complete.add_argument("--stream", action="store_true", help="print text as it arrives")
-    complete.add_argument("--json", action="store_true", help="print the whole JSON response")
+    complete.add_argument("--json", action="store_true",
+                          help="print the whole JSON response (not with --stream; needed for n > 1)")
 
     chat = sub.add_parser("chat", help="one chat turn, or an interactive chat if no message is given")
-    chat.add_argument("message", nargs="?", default=None)
+    chat.add_argument("message", nargs="?", default=None, help="the message (not blank); none: interactive")
     chat.add_argument("--system", default=None, help="a system message to start with")
     _add_sampling(chat)
     chat.add_argument("--no-stream", dest="stream", action="store_false", help="wait for whole replies")
@@ -93,13 +103,44 @@ def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+def request_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields `complete` or `chat` sends besides its prompt, refusing combinations the output cannot show.
+    Raises UsageError."""
+    command = args.command
+    if command == "chat" and args.message is not None and not args.message.strip():
+        raise UsageError("chat: the message is blank; leave it out for an interactive chat")
+    params = sampling_from_args(args)
+    for key in ("prompt", "messages"):
+        if key in params:
+            raise UsageError(f"--param {key}: the {command} command sets it from its arguments")
+    if "stream" in params:
+        raise UsageError("--param stream: use --stream" if command == "complete"
+                         else "--param stream: chat streams unless --no-stream")
+    if params.get("stream_options") is not None and not args.stream:
+        raise UsageError("--param stream_options: only for a streamed call")
+    n = params.get("n")
+    many = isinstance(n, int) and not isinstance(n, bool) and n > 1
+    if command == "complete":
+        if args.logprobs is not None:
+            params["logprobs"] = args.logprobs
+        if args.stream and args.json:
+            raise UsageError("--json prints the whole response, so it does not go with --stream")
+        if many and not args.json:
+            raise UsageError(f"n={n}: only --json shows more than one choice (and not with --stream)")
+    elif many:
+        raise UsageError(f"n={n}: a chat keeps one reply per turn")
+    return params
+
+
 async def run(args: argparse.Namespace, out: TextIO, input_line: Callable[[], str | None]) -> int:
+    """Run one command, writing its results to `out`. Raises APIError, and UsageError before sending anything."""
+    params = request_params(args) if args.command in ("complete", "chat") else {}
     async with AsyncClient(args.base_url, args.api_key, timeout=args.timeout, idle_timeout=args.idle_timeout,
                            max_retries=args.max_retries, model=args.model) as client:
         if args.command == "complete":
-            return await _complete(client, args, out)
+            return await _complete(client, args, params, out)
         if args.command == "chat":
-            return await _chat(client, args, out, input_line)
+            return await _chat(client, args, params, out, input_line)
         if args.command == "embed":
             for vector in (await client.embed(args.texts)).vectors:
                 out.write(orjson.dumps(vector).decode() + "\n")
@@ -121,9 +162,7 @@ async def run(args: argparse.Namespace, out: TextIO, input_line: Callable[[], st
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse allows only the ones above
 
 
-async def _complete(client: AsyncClient, args: argparse.Namespace, out: TextIO) -> int:
-    params = sampling_from_args(args)
-    params["logprobs"] = args.logprobs
+async def _complete(client: AsyncClient, args: argparse.Namespace, params: dict[str, Any], out: TextIO) -> int:
     if args.stream:
         async with client.stream_complete(args.prompt, **params) as stream:
             async for delta in stream:
@@ -136,22 +175,22 @@ async def _complete(client: AsyncClient, args: argparse.Namespace, out: TextIO) 
     return 0
 
 
-async def _chat(client: AsyncClient, args: argparse.Namespace, out: TextIO,
+async def _chat(client: AsyncClient, args: argparse.Namespace, params: dict[str, Any], out: TextIO,
                 input_line: Callable[[], str | None]) -> int:
-    params = sampling_from_args(args)
     messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
-    interactive = args.message is None
-    while True:
-        text = args.message if not interactive else await _read_line(input_line)
-        if text is None or (interactive and text.strip() in ("/exit", "/quit")):
+    if args.message is not None:  # one turn (request_params refused a blank message)
+        messages.append({"role": "user", "content": args.message})
+        await _chat_turn(client, messages, params, args.stream, out)
+        return 0
+    while True:  # interactive: every pass awaits a line, so blank lines cost nothing and Ctrl-C gets through
+        text = await _read_line(input_line)
+        if text is None or text.strip() in ("/exit", "/quit"):
             return 0
         if not text.strip():
             continue
         messages.append({"role": "user", "content": text})
         reply = await _chat_turn(client, messages, params, args.stream, out)
         messages.append({"role": "assistant", "content": reply})
-        if not interactive:
-            return 0
 
 
 async def _chat_turn(client: AsyncClient, messages: list[dict[str, str]], params: dict[str, Any], stream: bool,
@@ -214,15 +253,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(run(args, sys.stdout, _read_stdin_line))
+        with _logs_on_stderr():
+            code = asyncio.run(run(args, sys.stdout, _read_stdin_line))
+        sys.stdout.flush()  # here, so that a reader gone by now is caught below rather than at exit
+        return code
     except APIError as exc:
         print(f"{PROG}: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # a bad --base-url or --param
+    except BrokenPipeError:  # stdout's reader went away (`| head`): not an error worth a line
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except ValueError as exc:  # a bad --base-url or --param, a usage error
         print(f"{PROG}: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+@contextlib.contextmanager
+def _logs_on_stderr() -> Iterator[None]:
+    """The SDK's log lines (a retry, say) on stderr, apart from the output: unconfigured, structlog prints to
+    stdout. A program that configured structlog itself before calling main() keeps its configuration."""
+    if structlog.is_configured():
+        yield
+        return
+    colors = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    structlog.configure(
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+                    structlog.dev.ConsoleRenderer(colors=colors)],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit does not hit the broken pipe again."""
+    with contextlib.suppress(OSError, ValueError):  # not a real file (tests), or already closed
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
 
 
 def _one_line(text: str) -> str:

@@ -47,7 +47,10 @@ class AsyncClient:
             print((await client.complete("def fib(n):", max_tokens=32)).text)
 
     One aiohttp session (one connection pool of `limit` connections, `limit_per_host` per host, 0 = no
-    per-host cap) serves every call; close it with `await client.close()` or by leaving `async with`.
+    per-host cap) serves every call; close it with `await client.close()` or by leaving `async with`. A closed
+    client raises RuntimeError, and so does one used in an event loop other than the first it ran in. With
+    `session=`, yours serves instead (you close it), and the client's api_key, headers and User-Agent still go
+    with every request.
     `base_url` defaults to $SERVICE_BASE_URL, else http://127.0.0.1:8000; `api_key` is sent as a Bearer token.
     `timeout` bounds a whole call, retries and stream included; `idle_timeout` bounds each wait for a stream's
     next chunk; either may be None for no limit. `retry_policy`, if given, replaces `max_retries`.

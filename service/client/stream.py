@@ -5,9 +5,14 @@
 
 Invariants:
 - The connection is closed, not returned to the pool, whenever the stream ends before `[DONE]`: on an error,
-  on `aclose()`, on leaving `async with`, on cancellation of the awaiting task, and when the stream object is
-  dropped (`break` out of `async for client.stream_complete(...)` drops it at once under CPython). A closed
-  connection is how the server learns to abort the request.
+  on `aclose()`, on leaving `async with`, and on cancellation of the awaiting task. A closed connection is how
+  the server learns to abort the request. `break` itself tells the stream nothing (an `async for` calls no
+  method on its way out), so a stream held in `async with` closes at the block's exit and one held in a
+  variable at `aclose()`; as a fallback, dropping the stream object closes it too (`break` out of
+  `async for ... in client.stream_complete(...)` drops it at once under CPython). Closing on `break` would also
+  forbid reading on after it, which a loop that stops at the first delta and resumes may want.
+- A body that ends without `[DONE]` is complete only if every choice seen has its finish reason; otherwise it
+  was cut, and raises ConnectionError.
 - Retries happen only before the first delta is handed out; after that the caller has text that a new attempt
   would repeat, so failures raise.
 - A mid-stream `data: {"error": ...}` frame is queued behind the deltas that came before it, and raised when the
@@ -52,6 +57,7 @@ class EventStream(Generic[D]):
         self.request_id: str | None = None
         self.usage: Usage | None = None
         self.finish_reasons: dict[int, str] = {}
+        self._choices: set[int] = set()  # the indexes of the choices seen so far
 
     def _parse_choice(self, choice: dict[str, Any]) -> D:
         raise NotImplementedError
@@ -133,9 +139,11 @@ class EventStream(Generic[D]):
         if not chunk and not self._done:
             self._done = True
             self._close_connection()
-            if not self.finish_reasons:
-                # Some servers omit [DONE]; a stream that ends after its finish reasons is complete anyway.
-                self._pending.append(ConnectionError(f"{self._what}: the stream ended before [DONE]"))
+            unfinished = sorted(self._choices - self.finish_reasons.keys())
+            if unfinished or not self.finish_reasons:
+                # Some servers omit [DONE]; a stream that ends after every choice's finish reason is complete anyway.
+                which = f" (choice {', '.join(map(str, unfinished))} unfinished)" if unfinished else ""
+                self._pending.append(ConnectionError(f"{self._what}: the stream ended before [DONE]{which}"))
 
     def _handle(self, event: Event) -> None:
         if event.data == DONE:
@@ -166,6 +174,7 @@ class EventStream(Generic[D]):
         if usage is not None:
             self.usage = usage
         for delta in deltas:
+            self._choices.add(delta.index)
             if delta.finish_reason is not None:
                 self.finish_reasons[delta.index] = delta.finish_reason
             self._pending.append(delta)
@@ -179,7 +188,7 @@ class EventStream(Generic[D]):
         self._close_connection()
         self._decoder = SSEDecoder()
         self._done = False
-        self.usage, self.finish_reasons = None, {}
+        self.usage, self.finish_reasons, self._choices = None, {}, set()
 
     def _close_connection(self) -> None:
         if self._resp is not None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from service.client.errors import APIError, ConnectionError, ServerError, TimeoutError, error_for_status
 from service.client.retry import Retrier, RetryPolicy, parse_retry_after
@@ -69,6 +69,12 @@ def translate(exc: aiohttp.ClientError | OSError, what: str) -> ConnectionError:
 
 
 class Transport:
+    """Shared by a client and its streams: one session, bound to the event loop that first used it.
+
+    The client's headers (User-Agent, Authorization, `headers=`) go with every request, whoever made the session;
+    a session passed in keeps its own defaults for the rest, and its own User-Agent unless `headers` sets one.
+    """
+
     def __init__(self, base_url: str, api_key: str | None, timeouts: Timeouts, retry: RetryPolicy, *,
                  limit: int = 100, limit_per_host: int = 0, headers: Mapping[str, str] | None = None,
                  session: aiohttp.ClientSession | None = None) -> None:
@@ -76,28 +82,51 @@ class Transport:
         self.timeouts = timeouts
         self.retry = retry
         self._limit, self._limit_per_host = limit, limit_per_host
-        self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        common: CIMultiDict[str] = CIMultiDict(headers or {})
+        if "User-Agent" not in common and (session is None or "User-Agent" not in session.headers):
+            common["User-Agent"] = USER_AGENT
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+            common["Authorization"] = f"Bearer {api_key}"
+        self._get_headers = CIMultiDictProxy(common)
+        self._json_headers = _with(common, {"Content-Type": "application/json"})
+        self._stream_headers = _with(common, {"Content-Type": "application/json", "Accept": "text/event-stream"})
         self._session = session
         self._owns_session = session is None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first call
+        self._closed = False
 
     def session(self) -> aiohttp.ClientSession:
-        """The shared session, made on first use (it must be made inside a running event loop)."""
-        if self._session is None or self._session.closed:
-            if not self._owns_session:
-                raise RuntimeError("the aiohttp session passed to the client is closed")
+        """The shared session, made on first use. Raises RuntimeError once the client is closed, and in an event
+        loop other than the first one used: a session and its pooled connections belong to one loop."""
+        if self._closed:
+            raise RuntimeError("this AsyncClient is closed: make a new one")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("this AsyncClient was first used in another event loop (an earlier asyncio.run()?), "
+                               "and its connections belong to that loop: make one client per event loop")
+        if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit_per_host)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
             )
+        elif self._session.closed:  # only a session passed in can be closed behind the client's back
+            raise RuntimeError("the aiohttp session passed to the client is closed")
         return self._session
 
     async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-        self._session = None
+        """Close the session if the client made it (one passed in is its owner's to close). Later calls raise."""
+        self._closed = True
+        session, self._session = self._session, None
+        if not self._owns_session or session is None or session.closed:
+            return
+        if self._loop is not None and self._loop.is_closed():
+            # Its loop is gone and nothing can be awaited on it: mark it closed. Any connection still open in it
+            # is left to the garbage collector, which warns: close the client before its loop ends.
+            session.detach()
+            return
+        await session.close()
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -145,7 +174,7 @@ class Transport:
 
     async def _request_once(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
         data = None if body is None else orjson.dumps(body)
-        headers = {"Content-Type": "application/json"} if data is not None else None
+        headers = self._get_headers if data is None else self._json_headers
         async with self.session().request(method, self.url(path), data=data, headers=headers) as resp:
             raw = await resp.read()
             return Reply(resp.status, resp.headers, parse_body(raw, resp.reason or ""))
@@ -163,8 +192,7 @@ class Transport:
 
     async def _open_once(self, path: str, body: dict[str, Any], what: str,
                          deadline: float | None) -> aiohttp.ClientResponse:
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        resp = await self.session().post(self.url(path), data=orjson.dumps(body), headers=headers)
+        resp = await self.session().post(self.url(path), data=orjson.dumps(body), headers=self._stream_headers)
         try:
             if resp.status >= 400:
                 raise error_from_reply(Reply(resp.status, resp.headers, parse_body(await resp.read(), resp.reason)))
@@ -175,6 +203,12 @@ class Transport:
             resp.close()
             raise
         return resp
+
+
+def _with(headers: CIMultiDict[str], extra: Mapping[str, str]) -> CIMultiDictProxy[str]:
+    merged = headers.copy()
+    merged.update(extra)
+    return CIMultiDictProxy(merged)
 
 
 def parse_body(raw: bytes, reason: str | None) -> Any:

@@ -1,7 +1,9 @@
 """Typed results, parsed from OpenAI-shaped JSON.
 
 Parsing is lenient: fields an OpenAI-compatible server may leave out get defaults, and fields we do not model
-stay reachable through `raw`. A response too malformed to parse raises ServerError at the call site.
+stay reachable through `raw`: every type parsed from a JSON object keeps that object there, as parsed (not a
+copy, so a streamed delta costs nothing more). A response too malformed to parse raises ServerError at the call
+site.
 """
 
 from __future__ import annotations
@@ -56,11 +58,12 @@ class CompletionChoice:
     logprobs: CompletionLogprobs | None = None
     token_ids: list[int] | None = None  # with return_token_ids=True
     prompt_token_ids: list[int] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the choice object
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CompletionChoice:
         return cls(int(d.get("index") or 0), d.get("text") or "", d.get("finish_reason"), d.get("stop_reason"),
-                   CompletionLogprobs.from_json(d.get("logprobs")), d.get("token_ids"), d.get("prompt_token_ids"))
+                   CompletionLogprobs.from_json(d.get("logprobs")), d.get("token_ids"), d.get("prompt_token_ids"), d)
 
 
 @dataclass(frozen=True)
@@ -108,11 +111,12 @@ class CompletionDelta:
     stop_reason: int | str | None = None
     logprobs: CompletionLogprobs | None = None
     token_ids: list[int] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the choice object of the stream chunk
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CompletionDelta:
         return cls(int(d.get("index") or 0), d.get("text") or "", d.get("finish_reason"), d.get("stop_reason"),
-                   CompletionLogprobs.from_json(d.get("logprobs")), d.get("token_ids"))
+                   CompletionLogprobs.from_json(d.get("logprobs")), d.get("token_ids"), d)
 
 
 @dataclass(frozen=True)
@@ -147,11 +151,12 @@ class ChatChoice:
     message: ChatMessage
     finish_reason: str | None
     logprobs: list[ChatTokenLogprob] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the choice; the message's fields: message.raw
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ChatChoice:
         return cls(int(d.get("index") or 0), ChatMessage.from_json(d.get("message") or {}), d.get("finish_reason"),
-                   ChatTokenLogprob.list_from_json(d.get("logprobs")))
+                   ChatTokenLogprob.list_from_json(d.get("logprobs")), d)
 
 
 @dataclass(frozen=True)
@@ -184,19 +189,21 @@ class ChatCompletion:
 
 @dataclass(frozen=True)
 class ChatDelta:
-    """One choice's piece of a chat stream: the role arrives first, then content."""
+    """One choice's piece of a chat stream: the role arrives first, then content. `raw` is the choice object, so
+    `raw["delta"]` holds what the client does not model (tool_calls, reasoning_content, ...)."""
 
     index: int
     content: str = ""
     role: str | None = None
     finish_reason: str | None = None
     logprobs: list[ChatTokenLogprob] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ChatDelta:
         delta = d.get("delta") or {}
         return cls(int(d.get("index") or 0), delta.get("content") or "", delta.get("role"), d.get("finish_reason"),
-                   ChatTokenLogprob.list_from_json(d.get("logprobs")))
+                   ChatTokenLogprob.list_from_json(d.get("logprobs")), d)
 
 
 @dataclass(frozen=True)
@@ -206,11 +213,13 @@ class Embeddings:
     vectors: list[list[float]]
     model: str
     usage: Usage | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the response, its data as sent (base64 or not)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Embeddings:
         items = sorted(d["data"], key=lambda e: int(e.get("index") or 0))
-        return cls([_vector(e["embedding"]) for e in items], str(d.get("model", "")), Usage.from_json(d.get("usage")))
+        return cls([_vector(e["embedding"]) for e in items], str(d.get("model", "")), Usage.from_json(d.get("usage")),
+                   d)
 
     def numpy(self) -> np.ndarray:
         """The vectors as one (n, dim) float32 array. Needs numpy, which the client does not require."""
@@ -258,8 +267,9 @@ class Tokenized:
     tokens: list[int]
     count: int
     max_model_len: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Tokenized:
         tokens = list(d["tokens"])
-        return cls(tokens, int(d.get("count", len(tokens))), d.get("max_model_len"))
+        return cls(tokens, int(d.get("count", len(tokens))), d.get("max_model_len"), d)

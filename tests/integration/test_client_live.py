@@ -97,6 +97,17 @@ async def test_breaking_out_of_a_stream_aborts_the_request(served):
     assert engine.stats.requests_finished.get("length", 0) == 0  # it did not run to completion
 
 
+async def test_breaking_inside_async_with_aborts_the_request_at_the_blocks_exit(served):
+    tc, client = served
+    engine = tc.app[CONTEXT].engine
+    before = engine.stats.requests_finished.get("abort", 0)
+    async with client.stream_complete("while True:", max_tokens=400, **GREEDY) as stream:
+        async for _ in stream:
+            break
+    await wait_for_abort(engine, before)
+    assert engine.stats.requests_finished.get("length", 0) == 0
+
+
 async def test_cancelling_the_reading_task_aborts_the_request(served):
     tc, client = served
     engine = tc.app[CONTEXT].engine

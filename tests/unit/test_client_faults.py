@@ -5,11 +5,14 @@ mid-stream errors. The server scripts one behaviour per attempt, so each test st
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -33,9 +36,15 @@ OK_COMPLETION = {"id": "cmpl-1", "object": "text_completion", "created": 1, "mod
                  "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}
 
 
-def chunk(text: str, finish: str | None = None) -> bytes:
+def chunk(text: str, finish: str | None = None, index: int = 0, **extra: Any) -> bytes:
     body = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+            "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": None, **extra}]}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def chat_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
@@ -49,6 +58,10 @@ def error_json(status: int, message: str, etype: str, param: str | None = None) 
 
 async def ok(request: web.Request) -> web.StreamResponse:
     return web.json_response(OK_COMPLETION)
+
+
+async def models(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
 
 
 def status(code: int, etype: str, headers: dict[str, str] | None = None) -> Behaviour:
@@ -85,16 +98,19 @@ def sse(*frames: bytes, then: Callable[[], Awaitable[None]] | None = None, cut: 
 
 @dataclass
 class FaultServer:
-    """Serves /v1/completions with scripted behaviours, one per attempt; the last one repeats."""
+    """Serves /v1/completions (and chat, and GET /v1/models) with scripted behaviours, one per attempt; the last
+    one repeats."""
 
     script: list[Behaviour] = field(default_factory=list)
     attempts: list[float] = field(default_factory=list)  # arrival times (monotonic)
-    bodies: list[dict[str, Any]] = field(default_factory=list)
+    bodies: list[dict[str, Any] | None] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.attempts.append(time.monotonic())
-        self.bodies.append(await request.json())
+        self.bodies.append(await request.json() if request.can_read_body else None)
+        self.headers.append(dict(request.headers))
         behaviour = self.script[min(len(self.attempts), len(self.script)) - 1]
         try:
             return await behaviour(request)
@@ -103,14 +119,20 @@ class FaultServer:
             raise
 
 
-@pytest.fixture
-async def fault(aiohttp_server):
+async def start_fault_server(aiohttp_server) -> tuple[FaultServer, str]:
     """(FaultServer, base URL); set `.script` before calling."""
     server = FaultServer()
     app = web.Application(handler_args={"handler_cancellation": True})  # so a hang-up cancels the handler
     app.router.add_post("/v1/completions", server.handle)
+    app.router.add_post("/v1/chat/completions", server.handle)
+    app.router.add_get("/v1/models", server.handle)
     test_server = await aiohttp_server(app)
     return server, str(test_server.make_url(""))
+
+
+@pytest.fixture
+async def fault(aiohttp_server):
+    return await start_fault_server(aiohttp_server)
 
 
 async def read_into(stream: CompletionStream, texts: list[str]) -> None:
@@ -210,7 +232,8 @@ async def test_a_stream_reset_before_its_first_delta_is_retried(fault):
     assert texts == ["a", "b"] and stream.finish_reason == "stop"
     assert stream.usage is not None and stream.usage.total_tokens == 4
     assert len(server.attempts) == 2
-    assert server.bodies[0]["stream"] is True and server.bodies[0]["stream_options"] == {"include_usage": True}
+    body = server.bodies[0]
+    assert body is not None and body["stream"] is True and body["stream_options"] == {"include_usage": True}
 
 
 async def test_a_stream_reset_after_data_raises_and_is_not_retried(fault):
@@ -291,6 +314,158 @@ async def test_a_stream_without_done_but_finished_ends_normally(fault):
     async with fast_client(url) as c:
         stream = c.stream_complete("hi")
         assert [d.finish_reason async for d in stream] == [None, "length"]
+
+
+async def test_a_stream_without_done_but_every_choice_finished_ends_normally(fault):
+    server, url = fault
+    server.script = [sse(chunk("a", index=0), chunk("b", index=1), chunk("", "stop", index=1),
+                         chunk("", "length", index=0))]
+    async with fast_client(url) as c, c.stream_complete("hi", n=2) as stream:
+        assert len([d async for d in stream]) == 4
+    assert stream.finish_reasons == {0: "length", 1: "stop"}
+
+
+async def test_a_stream_without_done_with_a_choice_unfinished_raises(fault):
+    """n=2: choice 0 finished, choice 1 was cut short. A clean end of body must not pass for a complete stream."""
+    server, url = fault
+    server.script = [sse(chunk("a", index=0), chunk("b", index=1), chunk("", "stop", index=0))]
+    received: list[str] = []
+    async with fast_client(url, max_retries=0) as c:
+        with pytest.raises(ConnectionError, match=r"before \[DONE\] \(choice 1 unfinished\)"):
+            await read_into(c.stream_complete("hi", n=2), received)
+    assert received == ["a", "b", ""]
+
+
+# --- the client's own headers, whoever made the session --------------------------------------------------------
+
+
+async def test_a_session_passed_in_still_sends_the_clients_headers(fault):
+    server, url = fault
+    async with aiohttp.ClientSession(headers={"X-Session": "s"}) as session:
+        async with fast_client(url, api_key="sk-1", headers={"X-Tenant": "t"}, session=session) as c:
+            server.script = [ok]
+            await c.complete("hi")
+            server.script = [sse(chunk("a", "stop"), DONE)]
+            assert [d.text async for d in c.stream_complete("hi")] == ["a"]
+            server.script = [models]
+            assert [m.id for m in await c.models()] == ["m"]
+        assert not session.closed  # the client closes only a session it made
+    assert len(server.headers) == 3
+    for headers in server.headers:
+        assert headers["Authorization"] == "Bearer sk-1"
+        assert headers["X-Tenant"] == "t" and headers["X-Session"] == "s"
+        assert headers["User-Agent"].startswith("hfserve-client/")
+    assert server.headers[1]["Accept"] == "text/event-stream"
+
+
+@pytest.mark.parametrize(("session_ua", "client_headers", "expected"), [
+    (None, {}, "hfserve-client/"),
+    ("mine/1", {}, "mine/1"),  # the session's own User-Agent beats the client's default
+    ("mine/1", {"user-agent": "given/2"}, "given/2"),  # but not one given to the client
+])
+async def test_which_user_agent_a_request_carries(fault, session_ua, client_headers, expected):
+    server, url = fault
+    server.script = [ok]
+    session_headers = {"User-Agent": session_ua} if session_ua else None
+    async with aiohttp.ClientSession(headers=session_headers) as session, \
+            fast_client(url, headers=client_headers, session=session) as c:
+        await c.complete("hi")
+    assert server.headers[0]["User-Agent"].startswith(expected)
+
+
+# --- a closed client, another event loop --------------------------------------------------------------------
+
+
+async def test_a_closed_client_raises_and_opens_no_new_session(fault):
+    server, url = fault
+    server.script = [ok]
+    client = fast_client(url)
+    async with client:
+        await client.complete("hi")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.complete("hi")
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.models()
+        with pytest.raises(RuntimeError, match="closed"):
+            await read_into(client.stream_complete("hi"), [])
+        with pytest.raises(RuntimeError, match="closed"):
+            async with client:
+                pass
+        await client.close()  # closing again is harmless
+        gc.collect()
+    assert len(server.attempts) == 1
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+async def test_a_closed_client_with_a_session_of_yours_raises_too(fault):
+    server, url = fault
+    server.script = [ok]
+    async with aiohttp.ClientSession() as session:
+        client = fast_client(url, session=session)
+        await client.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.complete("hi")
+    assert server.attempts == []
+
+
+def test_a_client_reused_in_a_second_event_loop_says_so():
+    client = AsyncClient("http://127.0.0.1:9")  # nothing is sent: the check comes first
+    asyncio.run(client.__aenter__())  # the first loop makes the session, and ends
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(client.models())
+    asyncio.run(client.close())  # closing from elsewhere, after the loop ended, still works
+
+
+# --- stopping early: what break does, and does not do ----------------------------------------------------------
+
+
+def endless() -> Behaviour:
+    return sse(chunk("a"), chunk("b"), then=lambda: asyncio.sleep(30))
+
+
+async def test_break_inside_async_with_hangs_up_at_the_blocks_exit(fault):
+    server, url = fault
+    server.script = [endless()]
+    async with fast_client(url) as c:
+        async with c.stream_complete("hi") as stream:
+            async for delta in stream:
+                assert delta.text == "a"
+                break
+            await asyncio.sleep(0.1)
+            assert not server.disconnected.is_set()  # break alone tells the stream nothing...
+            assert (await anext(stream)).text == "b"  # ...and it can be read on
+        await asyncio.wait_for(server.disconnected.wait(), 2)  # the block's exit hangs up
+
+
+async def test_aclose_hangs_up_a_stream_held_in_a_variable(fault):
+    server, url = fault
+    server.script = [endless()]
+    async with fast_client(url) as c:
+        stream = c.stream_complete("hi")
+        async for _ in stream:
+            break
+        await stream.aclose()
+        await asyncio.wait_for(server.disconnected.wait(), 2)  # while `stream` is still referenced
+        assert [d async for d in stream] == []
+
+
+# --- fields the client does not model, on streamed deltas ------------------------------------------------------
+
+
+async def test_streamed_deltas_keep_the_fields_the_client_does_not_model(fault):
+    server, url = fault
+    tool = {"index": 0, "id": "call-1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    server.script = [sse(chat_chunk({"role": "assistant", "reasoning_content": "think"}),
+                         chat_chunk({"tool_calls": [tool]}, "tool_calls"), DONE)]
+    async with fast_client(url) as c:
+        deltas = [d async for d in c.stream_chat([{"role": "user", "content": "hi"}])]
+        assert deltas[0].raw["delta"]["reasoning_content"] == "think"
+        assert deltas[1].raw["delta"]["tool_calls"] == [tool] and deltas[1].finish_reason == "tool_calls"
+        server.script = [sse(chunk("a", "stop", matched_stop=7), DONE)]
+        [delta] = [d async for d in c.stream_complete("hi")]
+        assert delta.raw["matched_stop"] == 7 and delta.raw["text"] == "a"
 
 
 async def _json(body: dict[str, Any], code: int) -> web.StreamResponse:

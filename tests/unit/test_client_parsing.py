@@ -28,7 +28,7 @@ from service.client.cli import build_parser, sampling_from_args
 from service.client.errors import error_for_status, error_from_event
 from service.client.retry import parse_retry_after
 from service.client.transport import normalize_base_url
-from service.client.types import ChatDelta, Completion, Embeddings, Usage
+from service.client.types import ChatCompletion, ChatDelta, Completion, CompletionDelta, Embeddings, Tokenized, Usage
 
 
 @pytest.mark.parametrize(
@@ -109,6 +109,25 @@ def test_completion_parsing_tolerates_missing_fields_and_keeps_extras():
     assert c.text == "hi" and c.finish_reason is None and c.usage is None and c.token_ids is None
     assert c.raw["system_fingerprint"] == "fp"
     assert Usage.from_json({"prompt_tokens": 2, "completion_tokens": 3}) == Usage(2, 3, 5)
+
+
+def test_every_parsed_value_keeps_its_json_object_as_raw():
+    choice = {"index": 0, "text": "hi", "finish_reason": "stop", "matched_stop": 2}
+    assert Completion.from_json({"choices": [choice]}).choices[0].raw == choice
+    message = {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}
+    chat = ChatCompletion.from_json({"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls",
+                                                  "stop_reason": None}]})
+    assert chat.choices[0].raw["stop_reason"] is None and chat.message.raw["tool_calls"] == [{"id": "c"}]
+    embeddings = {"data": [{"index": 0, "embedding": [1.0]}], "model": "m", "extra": 1}
+    assert Embeddings.from_json(embeddings).raw["extra"] == 1
+    assert Tokenized.from_json({"tokens": [1, 2], "count": 2, "token_strs": ["a", "b"]}).raw["token_strs"] == ["a", "b"]
+
+
+def test_streamed_deltas_keep_the_parsed_object_itself_not_a_copy():
+    chat = {"index": 0, "delta": {"content": "x", "reasoning_content": "why"}, "finish_reason": None}
+    completion = {"index": 1, "text": "x", "prompt_logprobs": None}
+    assert ChatDelta.from_json(chat).raw is chat
+    assert CompletionDelta.from_json(completion).raw is completion
 
 
 def test_chat_delta_role_then_content():
