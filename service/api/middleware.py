@@ -14,8 +14,10 @@ from service.api.context import ERROR_TYPE, REQUEST_ID, USAGE
 
 log = structlog.get_logger("access")
 
-# A client may send its own id; we log it but never use it as an engine key.
+# A client may send its own id; we log it (its first 128 characters, so that no client can bloat every line)
+# but never use it as an engine key.
 CLIENT_REQUEST_ID_HEADER = "X-Request-Id"
+MAX_LOGGED_CLIENT_ID = 128
 
 # Server request ids: a random per-process prefix and a counter, so that ids are unique across restarts
 # without a getrandom() system call per request.
@@ -46,9 +48,13 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             path=request.path,
             status=status,
             request_id=request.get(REQUEST_ID),
-            client_request_id=request.headers.get(CLIENT_REQUEST_ID_HEADER),
+            client_request_id=_logged_client_id(request.headers.get(CLIENT_REQUEST_ID_HEADER)),
             duration_ms=round((time.perf_counter() - t0) * 1000, 2),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             error_type=request.get(ERROR_TYPE),
         )
+
+
+def _logged_client_id(value: str | None) -> str | None:
+    return value if value is None or len(value) <= MAX_LOGGED_CLIENT_ID else value[:MAX_LOGGED_CLIENT_ID]

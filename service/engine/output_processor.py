@@ -134,7 +134,10 @@ class OutputProcessor:
 
     def finish(self, request_id: str, *, error: ServiceError | None = None,
                last_delta: RequestDelta | None = None) -> None:
-        """Resolve the request's future (and close its stream) exactly once; later calls do nothing."""
+        """Resolve the request's future (and close its stream) exactly once; later calls do nothing.
+
+        A request that ends in an error (a timeout, a failed step, the drain's deadline) is a finished request
+        too: counted as "error", its prompt tokens counted, and the finish hooks (the latency metrics) see it."""
         live = self.live.pop(request_id, None)
         if live is None:
             return
@@ -142,16 +145,9 @@ class OutputProcessor:
             self.idle.set()
         request = live.request
         if error is not None:
-            if live.stream is not None:
-                live.stream.put(RequestDelta(error=error))
-            if not live.future.done():
-                live.future.set_exception(error)
-            self.stats.count_finished("error")
-            return
-        reason = request.finish_reason.value if request.finish_reason else "abort"
-        delta = last_delta or RequestDelta()
-        delta.finish_reason = reason
-        delta.stop_reason = request.stop_reason
+            reason = "error"
+        else:
+            reason = request.finish_reason.value if request.finish_reason else "abort"
         result = RequestResult(
             request_id=request_id,
             text="".join(live.text),
@@ -169,9 +165,18 @@ class OutputProcessor:
         )
         self.stats.count_finished(reason)
         self.stats.prompt_tokens += request.num_prompt_tokens
-        if live.stream is not None:
-            live.stream.put(delta)
-        if not live.future.done():
-            live.future.set_result(result)
+        if error is not None:
+            if live.stream is not None:
+                live.stream.put(RequestDelta(error=error))
+            if not live.future.done():
+                live.future.set_exception(error)
+        else:
+            delta = last_delta or RequestDelta()
+            delta.finish_reason = reason
+            delta.stop_reason = request.stop_reason
+            if live.stream is not None:
+                live.stream.put(delta)
+            if not live.future.done():
+                live.future.set_result(result)
         for hook in self.on_request_finished:
             hook(request, result)

@@ -57,6 +57,29 @@ async def test_metrics_count_known_traffic(make_client):
     assert m[("hfserve:engine_healthy", ())] == 1
 
 
+async def test_requests_that_end_in_an_error_are_finished_requests_in_the_metrics(make_client):
+    """A timed-out request counts as finished ("error"): in the latency histograms and the prompt token total,
+    as docs/operations.md defines them (they left it out, so error-heavy periods looked faster)."""
+    client = await make_client()
+    engine = client.app[CONTEXT].engine
+    slow = {"max_tokens": 400, "ignore_eos": True, "request_timeout": 0.05}
+    resp = await client.post("/v1/completions", json={"prompt": [5] * 7, **slow})
+    assert resp.status == 408
+    resp = await client.post("/v1/completions", json={"prompt": [6] * 9, "stream": True, **slow})
+    first = await resp.content.readline()
+    assert first.startswith(b"data: {")  # a token came before the timeout
+    assert b'"error"' in await resp.read()
+    while engine.num_live:
+        await asyncio.sleep(0.01)
+
+    m = scrape(await (await client.get("/metrics")).text())
+    assert m[("hfserve:request_success_total", (("finished_reason", "error"),))] == 2
+    assert m[("hfserve:e2e_request_latency_seconds_count", ())] == 2
+    assert m[("hfserve:request_queue_time_seconds_count", ())] == 2
+    assert m[("hfserve:time_to_first_token_seconds_count", ())] >= 1
+    assert m[("hfserve:prompt_tokens_total", ())] == 7 + 9
+
+
 async def test_prefix_cache_counters(make_client):
     client = await make_client(block_size=4)
     prompt = list(range(10, 50))
@@ -82,6 +105,14 @@ async def test_one_access_log_line_per_request(make_client):
     assert gen["completion_tokens"] == 3
     assert gen["prompt_tokens"] >= 1
     assert gen["duration_ms"] > 0
+
+
+async def test_a_long_client_request_id_is_logged_cut_short(make_client):
+    client = await make_client()
+    with structlog.testing.capture_logs() as logs:
+        await client.get("/health", headers={"X-Request-Id": "z" * 5000})
+    (line,) = [e for e in logs if e["event"] == "request"]
+    assert line["client_request_id"] == "z" * 128
 
 
 STREAMS = {
