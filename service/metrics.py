@@ -19,9 +19,10 @@ from prometheus_client.utils import floatToGoString
 
 from service.embeddings.batcher import EmbeddingBatcher
 from service.engine.async_engine import AsyncEngine
+from service.engine.engine_stats import REJECTION_REASONS
 from service.engine.output_stream import RequestResult
 from service.engine.outputs import ModelRunnerOutput, SchedulerOutput
-from service.engine.request import Request
+from service.engine.request import FinishReason, Request
 
 PREFIX = "hfserve:"
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -55,10 +56,12 @@ class _EngineCollector(Collector):
         yield _counter("step_idle_gap_seconds", "Model idle time between consecutive steps, summed.",
                        s.step_gap_total_s)
         yield _counter("step_idle_gaps", "Consecutive step pairs measured for step_idle_gap_seconds.", s.step_gaps)
+        # Every label value from the first scrape on, at 0 until it happens (as vLLM does), so that a rate() or an
+        # alert on a reason works before its first occurrence.
         yield _labelled_counter("request_success", "Finished requests by finish reason.", "finished_reason",
-                                s.requests_finished)
+                                {**dict.fromkeys(FinishReason, 0), **s.requests_finished})
         yield _labelled_counter("num_requests_rejected", "Requests refused at admission, by reason.", "reason",
-                                s.requests_rejected)
+                                {**dict.fromkeys(REJECTION_REASONS, 0), **s.requests_rejected})
         if self.embeddings is not None:
             yield _gauge("embedding_queue_length", "Embedding inputs waiting for a batch.",
                          self.embeddings.queue_len)

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from service.engine.outputs import SchedulerOutput
 
+# The reasons counted by count_rejected: a 4xx for bad input, a 429, a request_timeout that fired.
+REJECTION_REASONS = ("invalid", "overloaded", "timeout")
+
 
 @dataclass(slots=True)
 class EngineStats:

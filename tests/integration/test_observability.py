@@ -57,6 +57,20 @@ async def test_metrics_count_known_traffic(make_client):
     assert m[("hfserve:engine_healthy", ())] == 1
 
 
+async def test_every_reason_is_exported_from_the_first_scrape(make_client):
+    """At 0 before it first happens, as in vLLM: a rate() or an alert on a reason needs the series to exist."""
+    client = await make_client()
+    m = scrape(await (await client.get("/metrics")).text())
+    for reason in ("stop", "length", "abort", "error"):
+        assert m[("hfserve:request_success_total", (("finished_reason", reason),))] == 0
+    for reason in ("invalid", "overloaded", "timeout"):
+        assert m[("hfserve:num_requests_rejected_total", (("reason", reason),))] == 0
+    assert (await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})).status == 200
+    m = scrape(await (await client.get("/metrics")).text())
+    assert m[("hfserve:request_success_total", (("finished_reason", "length"),))] == 1
+    assert m[("hfserve:request_success_total", (("finished_reason", "stop"),))] == 0
+
+
 async def test_requests_that_end_in_an_error_are_finished_requests_in_the_metrics(make_client):
     """A timed-out request counts as finished ("error"): in the latency histograms and the prompt token total,
     as docs/operations.md defines them (they left it out, so error-heavy periods looked faster)."""
