@@ -32,7 +32,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             f"alone take {len(prompt)}.", param="messages")
     # OpenAI's chat default: generate until the context is full.
     max_tokens = req.requested_max_tokens or room
-    async with submitted(ctx, [prompt], req, max_tokens=[max_tokens], logprobs=req.num_logprobs) as handles:
+    async with submitted(request, ctx, [prompt], req, max_tokens=[max_tokens], logprobs=req.num_logprobs) as handles:
         response_id = f"chatcmpl-{handles[0].request_id}"
         request[REQUEST_ID] = response_id
         if req.stream:

@@ -35,7 +35,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
 
     prompts = [await ctx.tokenizer.encode(p) if isinstance(p, str) else p for p in req.prompts()]
     max_tokens = [req.max_tokens or DEFAULT_MAX_TOKENS] * len(prompts)
-    async with submitted(ctx, prompts, req, max_tokens=max_tokens, logprobs=req.logprobs,
+    async with submitted(request, ctx, prompts, req, max_tokens=max_tokens, logprobs=req.logprobs,
                          want_prompt_logprobs=req.echo and req.logprobs is not None) as handles:
         response_id = f"cmpl-{handles[0].request_id}"
         request[REQUEST_ID] = response_id

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
-from service.api.context import ServerContext
+from aiohttp import web
+
+from service.api.context import USAGE, ServerContext
 from service.api.schemas.sampling import SamplingFields
 from service.engine.async_engine import RequestHandle
 from service.engine.output_stream import RequestResult
@@ -18,15 +20,22 @@ class Submission:
     """The engine requests of one HTTP request, as an async context manager that yields their handles and, on
     exit, aborts any that has not finished.
 
+    On exit it also gives the access log the request's token counts when the handler did not (the request
+    ended in an error: a 408, a stream's error frame, a client gone): the prompt tokens, and the tokens
+    generated before the end.
+
     A plain class rather than @asynccontextmanager: it is entered once per request, and this way costs no
     generator.
     """
 
-    __slots__ = ("_ctx", "handles")
+    __slots__ = ("_ctx", "_http", "_prompt_tokens", "handles")
 
-    def __init__(self, ctx: ServerContext, handles: list[RequestHandle]) -> None:
+    def __init__(self, http: web.Request, ctx: ServerContext, handles: list[RequestHandle],
+                 prompt_tokens: int) -> None:
+        self._http = http
         self._ctx = ctx
         self.handles = handles
+        self._prompt_tokens = prompt_tokens
 
     async def __aenter__(self) -> list[RequestHandle]:
         return self.handles
@@ -37,9 +46,12 @@ class Submission:
         # closed stream fails: either way nobody is listening any more.
         client_gone = exc_type is not None and issubclass(exc_type, (asyncio.CancelledError, ConnectionResetError))
         abort_unfinished(self._ctx, self.handles, client_gone)
+        if USAGE not in self._http:
+            self._http[USAGE] = usage(self._prompt_tokens, sum(h.num_output_tokens for h in self.handles))
 
 
 def submitted(
+    http: web.Request,
     ctx: ServerContext,
     prompts: list[list[int]],
     fields: SamplingFields,
@@ -78,7 +90,7 @@ def submitted(
     except BaseException:
         abort_unfinished(ctx, handles, client_gone=False)
         raise
-    return Submission(ctx, handles)
+    return Submission(http, ctx, handles, sum(len(ids) for ids in prompts))
 
 
 def abort_unfinished(ctx: ServerContext, handles: list[RequestHandle], client_gone: bool) -> None:

@@ -70,6 +70,12 @@ class RequestHandle:
     request_id: str
     future: asyncio.Future[RequestResult]
     stream: OutputStream | None
+    _request: Request
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Tokens generated so far (all of them once it finished, however it ended); read on the loop thread."""
+        return self._request.num_output_tokens
 
     async def result(self) -> RequestResult:
         # Shielded: a caller that is cancelled must not cancel the engine's future; the engine resolves it.
@@ -210,7 +216,7 @@ class AsyncEngine:
         self.scheduler.add_request(request)
         self.outputs.add(live)
         self._wake.set()
-        return RequestHandle(rid, future, out_stream)
+        return RequestHandle(rid, future, out_stream, request)
 
     def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise a BadRequestError if this request could never run here, whatever the load: an empty prompt, a

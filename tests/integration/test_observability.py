@@ -94,6 +94,22 @@ async def test_requests_that_end_in_an_error_are_finished_requests_in_the_metric
     assert m[("hfserve:prompt_tokens_total", ())] == 7 + 9
 
 
+async def test_access_lines_of_requests_that_end_in_an_error_carry_their_token_counts(make_client):
+    client = await make_client()
+    slow = {"max_tokens": 400, "ignore_eos": True, "request_timeout": 0.05}
+    with structlog.testing.capture_logs() as logs:
+        assert (await client.post("/v1/completions", json={"prompt": [5] * 7, **slow})).status == 408
+        resp = await client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "x"}], "stream": True, **slow})
+        frames = (await resp.read()).split(b"\n\n")
+        assert any(b'"error"' in f for f in frames)
+    full, stream = [e for e in logs if e["event"] == "request"]
+    assert full["status"] == 408 and full["prompt_tokens"] == 7 and isinstance(full["completion_tokens"], int)
+    assert stream["error_type"] is not None and stream["prompt_tokens"] > 0
+    content_frames = [f for f in frames if b'"content":"' in f and b'"content":""' not in f]
+    assert stream["completion_tokens"] >= len(content_frames)  # at least the tokens streamed before the timeout
+
+
 async def test_prefix_cache_counters(make_client):
     client = await make_client(block_size=4)
     prompt = list(range(10, 50))
