@@ -32,7 +32,7 @@ from loadtest.report import (
     write_json,
 )
 from loadtest.runner import TargetUnusableError, run_load
-from loadtest.tokens import LocalTokenizer, TokenCounter, resolve_counter
+from loadtest.tokens import LocalTokenizer, TokenCounter, check_tokenizer_path, resolve_counter
 
 SWEEP_KEYS = ("max-concurrency", "request-rate")
 DATASETS = ("random", "sharegpt", "prompts", "custom")  # custom: vLLM's name for a JSONL prompts file
@@ -204,9 +204,8 @@ def check_args(args: argparse.Namespace, slo: GoodputSLO | None) -> None:
     if args.disable_stream and slo is not None and slo.streaming_metrics:
         raise ValueError(f"--goodput {', '.join(slo.streaming_metrics)}: there is no TTFT or TPOT without "
                          "streaming; drop --disable-stream or bound only e2el")
-    if args.tokenizer and not Path(args.tokenizer).exists():
-        raise ValueError(f"--tokenizer {args.tokenizer}: no such file or directory "
-                         "(it takes a local tokenizer directory)")
+    if args.tokenizer:  # checked even when the target's /tokenize will count, so that a typo shows at once
+        check_tokenizer_path(args.tokenizer)
     if args.csv:
         check_csv(Path(args.csv))
 

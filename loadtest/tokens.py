@@ -79,12 +79,18 @@ class LocalTokenizer:
         return len(self._encode(text, add_special_tokens))
 
 
-def _load_encoder(path: str) -> Any:
-    """An encode function from a local tokenizer directory (or tokenizer.json); ValueError, naming the path,
-    when there is none to load."""
+def check_tokenizer_path(path: str) -> Path:
+    """`--tokenizer`'s path, or a ValueError naming it when nothing is there."""
     where = Path(path)
     if not where.exists():
         raise ValueError(f"--tokenizer {path}: no such file or directory (it takes a local tokenizer directory)")
+    return where
+
+
+def _load_encoder(path: str) -> Any:
+    """An encode function from a local tokenizer directory (or tokenizer.json); ValueError, naming the path,
+    when there is none to load."""
+    where = check_tokenizer_path(path)
     try:
         from transformers import AutoTokenizer
     except ImportError:

@@ -28,14 +28,14 @@ class Submission:
     generator.
     """
 
-    __slots__ = ("_ctx", "_http", "_prompt_tokens", "handles")
+    __slots__ = ("_ctx", "_http", "_prompts", "handles")
 
     def __init__(self, http: web.Request, ctx: ServerContext, handles: list[RequestHandle],
-                 prompt_tokens: int) -> None:
+                 prompts: list[list[int]]) -> None:
         self._http = http
         self._ctx = ctx
         self.handles = handles
-        self._prompt_tokens = prompt_tokens
+        self._prompts = prompts
 
     async def __aenter__(self) -> list[RequestHandle]:
         return self.handles
@@ -47,7 +47,7 @@ class Submission:
         client_gone = exc_type is not None and issubclass(exc_type, (asyncio.CancelledError, ConnectionResetError))
         abort_unfinished(self._ctx, self.handles, client_gone)
         if USAGE not in self._http:
-            self._http[USAGE] = usage(self._prompt_tokens, sum(h.num_output_tokens for h in self.handles))
+            self._http[USAGE] = usage(sum(map(len, self._prompts)), sum(h.num_output_tokens for h in self.handles))
 
 
 def submitted(
@@ -90,7 +90,7 @@ def submitted(
     except BaseException:
         abort_unfinished(ctx, handles, client_gone=False)
         raise
-    return Submission(http, ctx, handles, sum(len(ids) for ids in prompts))
+    return Submission(http, ctx, handles, prompts)
 
 
 def abort_unfinished(ctx: ServerContext, handles: list[RequestHandle], client_gone: bool) -> None:

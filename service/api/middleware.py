@@ -42,19 +42,16 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         raise
     finally:
         usage = request.get(USAGE) or {}
+        client_id = request.headers.get(CLIENT_REQUEST_ID_HEADER)
         log.info(
             "request",
             method=request.method,
             path=request.path,
             status=status,
             request_id=request.get(REQUEST_ID),
-            client_request_id=_logged_client_id(request.headers.get(CLIENT_REQUEST_ID_HEADER)),
+            client_request_id=client_id[:MAX_LOGGED_CLIENT_ID] if client_id is not None else None,
             duration_ms=round((time.perf_counter() - t0) * 1000, 2),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             error_type=request.get(ERROR_TYPE),
         )
-
-
-def _logged_client_id(value: str | None) -> str | None:
-    return value if value is None or len(value) <= MAX_LOGGED_CLIENT_ID else value[:MAX_LOGGED_CLIENT_ID]

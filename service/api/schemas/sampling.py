@@ -38,6 +38,7 @@ def at_most_inputs(value: object, limit: int, param: str, noun: str) -> object:
         raise BadRequestError(f"At most {limit} {noun} per request; this one has {len(value)}.", param=param)
     return value
 
+
 EMPTY: Mapping[str, float | int] = MappingProxyType({})
 
 
